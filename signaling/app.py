@@ -1,0 +1,77 @@
+"""The aiohttp application: routes, and the lifetime of the source, encoders and peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from webrtc.encoders import EncoderPool
+from webrtc.peers import PeerManager
+from webrtc.sources import Source, open_source
+
+from .config import Config
+from .session import websocket_handler
+from .state import Service
+
+logger = logging.getLogger(__name__)
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    config = request.app[Service.KEY].config
+    return web.FileResponse(
+        config.static_dir / "index.html", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[Service.KEY].status())
+
+
+def create_app(config: Config, *, source: Source | None = None) -> web.Application:
+    """Build the server for ``config``; ``source`` replaces the configured one (tests).
+
+    Opening the configured source blocks (it probes devices), so pass ``source`` from async
+    code, or build the app before the loop runs, as ``server.main`` does.
+    """
+    if source is None:
+        source = open_source(config.source, width=config.width, height=config.height, fps=config.fps)
+    encoders = EncoderPool(source.frames, fps=source.fps, bitrate=config.bitrate)
+    service = Service(
+        config=config,
+        source=source,
+        encoders=encoders,
+        peers=PeerManager(config.webrtc_settings(), encoders),
+    )
+    app = web.Application()
+    app[Service.KEY] = service
+    app.router.add_get("/", _index)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/api/status", _status)
+    app.router.add_static("/static/", config.static_dir, append_version=False)
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    service = app[Service.KEY]
+    service.source.start()
+    logger.info("serving %s", service.source.description)
+    yield
+    await service.peers.aclose()
+    await service.encoders.aclose()
+    await asyncio.to_thread(service.source.stop)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    service = app[Service.KEY]
+    await asyncio.gather(
+        *(
+            ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            for ws in list(service.viewers)
+        ),
+        return_exceptions=True,
+    )

@@ -1,0 +1,67 @@
+"""The server's configuration: one frozen, validated value built in ``server.main``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webrtc.encoders import Codec
+from webrtc.ice import IceServer
+from webrtc.peers import WebRtcSettings
+from webrtc.sources import SourceSpec
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server is told at start.
+
+    Raises ``ValueError`` (with a message meant for the user) when a value is invalid.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    source: SourceSpec = field(default_factory=lambda: SourceSpec("auto"))
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
+    bitrate: int | None = None
+    ice_servers: tuple[IceServer, ...] = ()
+    ice_addresses: tuple[str, ...] = ()
+    max_viewers: int = 50
+    connect_timeout: float = 20.0
+    static_dir: Path = STATIC_DIR
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port}: must be 0-65535")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not 16 <= value <= 7680:
+                raise ValueError(f"--{name} {value}: must be 16-7680")
+        if self.fps is not None and not 0 < self.fps <= 120:
+            raise ValueError(f"--fps {self.fps}: must be > 0 and <= 120")
+        if self.bitrate is not None and not 50_000 <= self.bitrate <= 50_000_000:
+            raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
+        if not self.codecs:
+            raise ValueError("at least one codec is needed")
+        for address in self.ice_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"--ice-address {address!r} is not an IP address") from None
+        if self.max_viewers < 1:
+            raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
+        if self.connect_timeout <= 0:
+            raise ValueError("the connect timeout must be positive")
+
+    def webrtc_settings(self) -> WebRtcSettings:
+        return WebRtcSettings(
+            codecs=self.codecs,
+            ice_servers=self.ice_servers,
+            ice_addresses=self.ice_addresses,
+            connect_timeout=self.connect_timeout,
+        )

@@ -1,0 +1,146 @@
+"""One viewer's WebSocket: receive → parse → act → send.
+
+Only this handler's task calls ``ws.receive()``. A second, owned task watches the viewer's peer
+connection so that a peer that ends closes the socket, as a closed socket closes the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiohttp import WSMsgType, web
+
+from webrtc.errors import NegotiationError
+from webrtc.peers import Peer
+
+from . import messages
+from .state import Service
+
+logger = logging.getLogger(__name__)
+
+# aiohttp closes the socket (1009) above this; below it, our own limit answers with an error.
+WS_MAX_FRAME = 1024 * 1024
+
+
+class ViewerSession:
+    """The signaling conversation with one viewer."""
+
+    def __init__(self, service: Service, ws: web.WebSocketResponse, remote: str) -> None:
+        self.viewer_id = secrets.token_hex(4)
+        self._service = service
+        self._ws = ws
+        self._remote = remote
+        self._peer: Peer | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        settings = self._service.config.webrtc_settings()
+        logger.info("viewer %s connected from %s", self.viewer_id, self._remote)
+        try:
+            await self._ws.send_str(
+                messages.config_message(
+                    viewer_id=self.viewer_id,
+                    ice_servers=[s.to_json() for s in settings.ice_servers],
+                    codecs=[str(c) for c in settings.codecs],
+                    ice_transport_policy="relay" if settings.relay_only else "all",
+                    modes=["webrtc"],
+                )
+            )
+            async for msg in self._ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self._send_error(
+                        messages.ProtocolError("binary-not-allowed", "signaling is JSON text")
+                    )
+                elif msg.type == WSMsgType.ERROR:
+                    logger.info("viewer %s: socket error %s", self.viewer_id, self._ws.exception())
+                if self._ws.closed:
+                    break
+        finally:
+            await self._end()
+
+    async def _handle(self, text: str) -> None:
+        try:
+            message = messages.parse_message(text)
+            logger.debug("viewer %s: < %s", self.viewer_id, type(message).__name__)
+            match message:
+                case messages.Offer(sdp):
+                    await self._on_offer(sdp)
+                case messages.Candidate(candidate, sdp_mid, index):
+                    if self._peer is None:
+                        raise messages.ProtocolError(
+                            "unexpected", "a candidate came before the offer", "candidate"
+                        )
+                    await self._peer.add_candidate(candidate, sdp_mid, index)
+                case messages.Bye():
+                    logger.info("viewer %s said bye", self.viewer_id)
+                    await self._ws.close()
+        except messages.ProtocolError as exc:
+            await self._send_error(exc)
+        except NegotiationError as exc:
+            kind = "offer" if self._peer is None or self._peer.codec is None else "candidate"
+            await self._send_error(messages.ProtocolError(exc.code, str(exc), kind))
+
+    async def _on_offer(self, sdp: str) -> None:
+        if self._peer is not None:
+            raise messages.ProtocolError(
+                "unexpected", "this session already has an offer (no renegotiation)", "offer"
+            )
+        peer = self._service.peers.create(self.viewer_id)
+        try:
+            answer = await peer.answer(sdp)
+        except NegotiationError as exc:
+            await peer.aclose(f"offer refused: {exc}")
+            raise messages.ProtocolError(exc.code, str(exc), "offer") from exc
+        self._peer = peer
+        self._watch = asyncio.get_running_loop().create_task(self._close_with_peer(peer))
+        await self._ws.send_str(messages.answer_message(answer.sdp, str(answer.codec)))
+
+    async def _close_with_peer(self, peer: Peer) -> None:
+        await peer.closed.wait()
+        if not self._ws.closed:
+            await self._ws.send_str(messages.bye_message(peer.close_reason or "closed"))
+            await self._ws.close()
+
+    async def _send_error(self, error: messages.ProtocolError) -> None:
+        logger.info("viewer %s: refused %s: %s", self.viewer_id, error.code, error.message)
+        if not self._ws.closed:
+            await self._ws.send_str(
+                messages.error_message(error.code, error.message, error.in_reply_to)
+            )
+
+    async def _end(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+        if self._peer is not None:
+            await self._peer.aclose("the socket closed")
+        logger.info("viewer %s disconnected", self.viewer_id)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    service = request.app[Service.KEY]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=WS_MAX_FRAME)
+    await ws.prepare(request)
+    if len(service.viewers) >= service.config.max_viewers:
+        await ws.send_str(
+            messages.error_message(
+                "too-many-viewers",
+                f"this server serves at most {service.config.max_viewers} viewers",
+            )
+        )
+        await ws.close(code=1013, message=b"too many viewers")  # 1013: try again later
+        return ws
+    session = ViewerSession(service, ws, request.remote or "?")
+    service.viewers.add(ws)
+    try:
+        await session.run()
+    finally:
+        service.viewers.discard(ws)
+    return ws

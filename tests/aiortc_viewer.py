@@ -1,0 +1,130 @@
+"""A real WebRTC viewer made with aiortc: signals over /ws like the page does, decodes video."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from webrtc import timebar
+from webrtc.ice import announce_only
+
+
+@dataclass
+class Received:
+    """What a viewer decoded."""
+
+    frames: int = 0
+    stamped: int = 0  # frames whose capture-time bar decoded: pixels of the test pattern
+    latencies_ms: list[float] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    first_frame_at: float | None = None
+
+
+class AiortcViewer:
+    """Connects to peercam's /ws and receives its video as a browser would."""
+
+    def __init__(self, ws_url: str, *, codec: str | None = None, decode_bar: bool = True) -> None:
+        self.ws_url = ws_url
+        self.codec = codec
+        self.decode_bar = decode_bar
+        self.received = Received()
+        self.config: dict[str, Any] = {}
+        self.answer: dict[str, Any] = {}
+        self.pc: RTCPeerConnection | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._track: asyncio.Future[MediaStreamTrack] | None = None
+        self.frame_event = asyncio.Event()
+
+    async def connect(self) -> None:
+        """Signal until the answer is applied; raises if the server answers with an error."""
+        self._http = aiohttp.ClientSession()
+        self.ws = await self._http.ws_connect(self.ws_url)
+        self.config = await self.ws.receive_json(timeout=10)
+        assert self.config["type"] == "config", self.config
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._track = asyncio.get_running_loop().create_future()
+        track_future = self._track
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if not track_future.done():
+                track_future.set_result(track)
+
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if self.codec:
+            mime = "video/VP8" if self.codec == "vp8" else "video/H264"
+            caps = RTCRtpSender.getCapabilities("video").codecs
+            transceiver.setCodecPreferences(
+                [c for c in caps if c.mimeType == mime]
+                + [c for c in caps if c.mimeType == "video/rtx"]
+            )
+        with announce_only(["127.0.0.1"]):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
+        self.answer = await self.ws.receive_json(timeout=10)
+        if self.answer.get("type") != "answer":
+            raise RuntimeError(f"no answer: {self.answer}")
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=self.answer["sdp"], type="answer")
+        )
+        track = await asyncio.wait_for(self._track, 10)
+        self._reader = asyncio.get_running_loop().create_task(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.time()
+                received = self.received
+                received.frames += 1
+                if received.first_frame_at is None:
+                    received.first_frame_at = time.monotonic()
+                received.width, received.height = frame.width, frame.height  # type: ignore[union-attr]
+                if self.decode_bar:
+                    luma = frame.to_ndarray(format="gray")  # type: ignore[union-attr]
+                    millis = timebar.read(luma)
+                    if millis is not None:
+                        received.stamped += 1
+                        received.latencies_ms.append(now * 1000 - millis)
+                self.frame_event.set()
+        except MediaStreamError:
+            pass
+
+    async def wait_frames(self, count: int, timeout: float) -> None:
+        """Wait until ``count`` frames have been decoded (raises TimeoutError)."""
+        async with asyncio.timeout(timeout):
+            while self.received.frames < count:
+                self.frame_event.clear()
+                await self.frame_event.wait()
+
+    async def next_server_message(self, timeout: float) -> dict[str, Any]:
+        assert self.ws is not None
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return {"type": f"<{msg.type.name}>"}
+        data: dict[str, Any] = json.loads(msg.data)
+        return data
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        if self.pc is not None:
+            await self.pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._http is not None:
+            await self._http.close()

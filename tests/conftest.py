@@ -1,0 +1,50 @@
+"""Fixtures: a real peercam server on loopback with the test pattern as its source."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Awaitable
+from dataclasses import replace
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from signaling.app import create_app
+from signaling.config import Config
+from signaling.state import Service
+from webrtc.sources import TestPatternSource
+
+LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",))
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Start peercam servers on 127.0.0.1 (ephemeral ports); all are closed after the test."""
+    servers: list[TestServer] = []
+
+    async def start(**overrides: object) -> TestServer:
+        source_args = overrides.pop("pattern", {})
+        config = replace(LOOPBACK_CONFIG, **overrides)  # type: ignore[arg-type]
+        app = create_app(config, source=TestPatternSource(**source_args))  # type: ignore[arg-type]
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> TestServer:
+    return await make_server()
+
+
+def service_of(server: TestServer) -> Service:
+    return server.app[Service.KEY]
+
+
+def ws_url(server: TestServer) -> str:
+    return str(server.make_url("/ws")).replace("http://", "ws://")

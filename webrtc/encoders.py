@@ -1,0 +1,357 @@
+"""Encode once: one shared encoder per codec feeds every viewer of that codec.
+
+aiortc encodes per peer (N viewers = N encoders). Here a :class:`SharedEncoder` takes the newest
+frame of a source, encodes it once on its own thread and keeps the last second of encoded frames
+in a ring. Each viewer's track (:mod:`webrtc.tracks`) reads that ring in order and hands the
+``av.Packet`` to its own ``RTCRtpSender``, which only packetizes and encrypts.
+
+Why a ring and not "latest wins" here: a video stream cannot skip a frame without breaking
+decoding until the next keyframe. A reader that falls more than the ring behind (a stalled event
+loop) gets :class:`FellBehind`, jumps to the present and waits for a keyframe it asks for. The
+ring is bounded, so a slow viewer costs no memory and never slows the encoder or other viewers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fractions
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import av
+from aiortc.codecs.vpx import number_of_threads
+from av.codec.context import CodecContext
+from av.video.codeccontext import VideoCodecContext
+
+from .frames import CapturedFrame
+from .latest import Latest, LatestClosed
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90_000
+TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+RING_SECONDS = 1.0
+KEYFRAME_MIN_INTERVAL = 0.5  # at most one forced IDR per this many seconds: an IDR goes to all
+KEYFRAME_INTERVAL = 5.0  # a periodic keyframe bounds recovery when a keyframe request is lost
+
+
+class Codec(enum.StrEnum):
+    """A video codec peercam can send."""
+
+    VP8 = "vp8"
+    H264 = "h264"
+
+    @property
+    def mime_type(self) -> str:
+        return "video/VP8" if self is Codec.VP8 else "video/H264"
+
+    @classmethod
+    def from_mime_type(cls, mime_type: str) -> Codec:
+        for codec in cls:
+            if codec.mime_type.lower() == mime_type.lower():
+                return codec
+        raise ValueError(f"unsupported codec {mime_type}")
+
+
+def default_bitrate(width: int, height: int, fps: float) -> int:
+    """A bitrate that keeps a camera picture clean: ~0.1 bit per pixel, 300 kbit/s - 6 Mbit/s."""
+    return int(min(6_000_000, max(300_000, width * height * fps * 0.1)))
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One encoded picture (one access unit), shared read-only by every viewer."""
+
+    seq: int
+    packet: av.Packet
+    keyframe: bool
+    capture_time: float
+    width: int
+    height: int
+
+
+class FellBehind(Exception):
+    """A reader asked for a frame that has already left the ring."""
+
+
+class EncoderClosed(Exception):
+    """The encoder stopped while a reader waited on it."""
+
+
+class SharedEncoder:
+    """Encodes a source's newest frame once per frame for every viewer of one codec."""
+
+    def __init__(
+        self, codec: Codec, frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
+    ) -> None:
+        self.codec = codec
+        self._frames = frames
+        self._fps = max(1.0, fps)
+        self._bitrate = bitrate
+        self._ring: deque[EncodedFrame] = deque(maxlen=max(2, round(self._fps * RING_SECONDS)))
+        self._seq = 0
+        self._new = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        # One thread per encoder: codec state is sequential, and a busy encoder of one codec
+        # never delays another.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-{codec}")
+        self._context: VideoCodecContext | None = None
+        self._frame_count = 0
+        self._t0: float | None = None
+        self._last_pts = -1
+        self._keyframe_wanted = False
+        self._last_forced = -KEYFRAME_MIN_INTERVAL
+        self.frames_encoded = 0
+        self.keyframes = 0
+        self.forced_keyframes = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"peercam-encoder-{self.codec}"
+        )
+
+    async def aclose(self) -> None:
+        """Stop encoding, wake every reader and release the codec."""
+        self._closed = True
+        self._wake()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        after = 0
+        try:
+            while True:
+                after, frame = await self._frames.next(after)
+                force = self._take_keyframe_request()
+                encoded = await loop.run_in_executor(self._executor, self._encode, frame, force)
+                if encoded is not None:
+                    self._publish(encoded, frame)
+        except (asyncio.CancelledError, LatestClosed):
+            pass  # normal endings: the last viewer left, or the source closed
+        except Exception:
+            # Readers must learn that no more frames come, whatever happened.
+            logger.exception("encoder %s failed", self.codec)
+        finally:
+            self._closed = True
+            self._wake()
+
+    # -- keyframes -----------------------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        """Ask for an IDR soon: a new viewer, or a viewer's PLI/FIR.
+
+        Requests are merged and rate-limited to one forced IDR per ``KEYFRAME_MIN_INTERVAL``:
+        a request inside the window is kept and served when the window ends, never dropped.
+        """
+        self._keyframe_wanted = True
+
+    def _take_keyframe_request(self) -> bool:
+        now = time.monotonic()
+        if self._keyframe_wanted and now - self._last_forced >= KEYFRAME_MIN_INTERVAL:
+            self._keyframe_wanted = False
+            self._last_forced = now
+            self.forced_keyframes += 1
+            return True
+        return False
+
+    # -- encoding (on the encoder's thread) ---------------------------------------------------
+
+    def _open(self, width: int, height: int) -> VideoCodecContext:
+        fps = max(1, round(self._fps))
+        bitrate = self._bitrate or default_bitrate(width, height, self._fps)
+        name = "libvpx" if self.codec is Codec.VP8 else "libx264"
+        context = CodecContext.create(name, "w")
+        assert isinstance(context, VideoCodecContext)
+        context.width = width
+        context.height = height
+        context.pix_fmt = "yuv420p"
+        context.time_base = fractions.Fraction(1, fps)
+        context.framerate = fractions.Fraction(fps, 1)
+        context.bit_rate = bitrate
+        context.gop_size = max(1, round(KEYFRAME_INTERVAL * fps))
+        # A one-second VBV buffer at the target rate: constant enough for a live stream.
+        rate = {"maxrate": str(bitrate), "bufsize": str(bitrate)}
+        if self.codec is Codec.VP8:
+            # As aiortc's own VP8 encoder: realtime, no lookahead, CBR.
+            context.qmin = 2
+            context.qmax = 56
+            context.options = rate | {
+                "cpu-used": "-6",
+                "deadline": "realtime",
+                "lag-in-frames": "0",
+                "minrate": str(bitrate),
+                "noise-sensitivity": "4",
+                "overshoot-pct": "15",
+                "partitions": "0",
+                "static-thresh": "1",
+                "undershoot-pct": "100",
+            }
+            context.thread_count = number_of_threads(width * height, os.cpu_count() or 1)
+        else:
+            # Constrained baseline (x264's "baseline" has no FMO/ASO), which every browser and
+            # iOS decode; zerolatency: no lookahead, no B-frames, one access unit per frame.
+            # In-band SPS/PPS (no global header) are repeated before every IDR.
+            context.profile = "Baseline"
+            level = "31" if width * height <= 1280 * 720 else "40"
+            context.options = rate | {
+                "preset": "superfast",
+                "tune": "zerolatency",
+                "level": level,
+                "forced-idr": "1",
+            }
+        context.open()
+        logger.info(
+            "encoder %s opened: %dx%d@%d, %d kbit/s", self.codec, width, height, fps, bitrate // 1000
+        )
+        return context
+
+    def _encode(self, frame: CapturedFrame, force_keyframe: bool) -> av.Packet | None:
+        context = self._context
+        if context is None or context.width != frame.width or context.height != frame.height:
+            context = self._context = self._open(frame.width, frame.height)
+            force_keyframe = True
+        picture = av.VideoFrame.from_ndarray(frame.i420, format="yuv420p")
+        picture.pts = self._frame_count
+        self._frame_count += 1
+        picture.pict_type = (
+            av.video.frame.PictureType.I if force_keyframe else av.video.frame.PictureType.NONE
+        )
+        packets = context.encode(picture)
+        if not packets:
+            return None
+        packet = packets[0] if len(packets) == 1 else av.Packet(b"".join(map(bytes, packets)))
+        if len(packets) > 1:
+            packet.is_keyframe = any(p.is_keyframe for p in packets)
+        # Presentation time from the capture clock, so the receiver plays at the real pace.
+        if self._t0 is None:
+            self._t0 = frame.monotonic
+        pts = max(self._last_pts + 1, round((frame.monotonic - self._t0) * VIDEO_CLOCK))
+        self._last_pts = pts
+        packet.pts = pts
+        packet.dts = pts
+        packet.time_base = TIME_BASE
+        return packet
+
+    # -- readers ------------------------------------------------------------------------
+
+    def _publish(self, packet: av.Packet, frame: CapturedFrame) -> None:
+        self._seq += 1
+        keyframe = bool(packet.is_keyframe)
+        self._ring.append(
+            EncodedFrame(
+                seq=self._seq,
+                packet=packet,
+                keyframe=keyframe,
+                capture_time=frame.capture_time,
+                width=frame.width,
+                height=frame.height,
+            )
+        )
+        self.frames_encoded += 1
+        self.keyframes += keyframe
+        self._wake()
+
+    def _wake(self) -> None:
+        new, self._new = self._new, asyncio.Event()
+        new.set()
+
+    @property
+    def newest_seq(self) -> int:
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def next_frame(self, after: int) -> EncodedFrame:
+        """The encoded frame that follows sequence number ``after``, waiting for it if needed.
+
+        Raises:
+            FellBehind: that frame has already left the ring.
+            EncoderClosed: the encoder stopped.
+        """
+        while True:
+            if self._closed:
+                raise EncoderClosed
+            if self._ring and self._ring[-1].seq > after:
+                first = self._ring[0].seq
+                if after + 1 < first:
+                    raise FellBehind
+                return self._ring[after + 1 - first]
+            await self._new.wait()
+
+    def stats(self) -> dict[str, int | str | bool]:
+        return {
+            "codec": str(self.codec),
+            "running": not self._closed,
+            "framesEncoded": self.frames_encoded,
+            "keyframes": self.keyframes,
+            "forcedKeyframes": self.forced_keyframes,
+        }
+
+
+class EncoderPool:
+    """Shared encoders of one source, created for the first viewer and stopped after the last."""
+
+    def __init__(self, frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None) -> None:
+        self._frames = frames
+        self._fps = fps
+        self._bitrate = bitrate
+        self._encoders: dict[Codec, SharedEncoder] = {}
+        self._users: dict[Codec, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        #: How many encoders were ever started, per codec: observable proof of "encode once".
+        self.started: dict[Codec, int] = {codec: 0 for codec in Codec}
+
+    def acquire(self, codec: Codec) -> SharedEncoder:
+        """The running encoder for ``codec``, started if this is its first user."""
+        encoder = self._encoders.get(codec)
+        if encoder is None or encoder.closed:
+            encoder = SharedEncoder(codec, self._frames, fps=self._fps, bitrate=self._bitrate)
+            encoder.start()
+            self._encoders[codec] = encoder
+            self._users[codec] = 0
+            self.started[codec] += 1
+            logger.info("shared %s encoder started", codec)
+        self._users[codec] += 1
+        return encoder
+
+    def release(self, encoder: SharedEncoder) -> None:
+        """One user fewer; the last one out stops the encoder."""
+        codec = encoder.codec
+        if self._encoders.get(codec) is not encoder:
+            return
+        self._users[codec] -= 1
+        if self._users[codec] <= 0:
+            del self._encoders[codec]
+            del self._users[codec]
+            task = asyncio.get_running_loop().create_task(encoder.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            logger.info("shared %s encoder stopped (no viewers)", codec)
+
+    def running(self) -> dict[Codec, SharedEncoder]:
+        return dict(self._encoders)
+
+    def users(self, codec: Codec) -> int:
+        return self._users.get(codec, 0)
+
+    async def aclose(self) -> None:
+        encoders = list(self._encoders.values())
+        self._encoders.clear()
+        self._users.clear()
+        await asyncio.gather(*(e.aclose() for e in encoders), *self._closing)

@@ -1,0 +1,281 @@
+"""Viewer peer connections: offer in, answer out, and a guaranteed end.
+
+The viewer offers (recvonly video, as WHEP does); the server answers with aiortc and every one
+of its candidates. A :class:`Peer` owns its RTCPeerConnection and a supervisor task that closes
+it when ICE has not connected within the timeout, or when the connection goes ``failed`` or
+``closed``. :class:`PeerManager` owns every peer and closes them all on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from . import ice
+from .encoders import Codec, EncoderPool
+from .errors import NegotiationError
+from .tracks import EncodedVideoTrack
+
+logger = logging.getLogger(__name__)
+
+H264_PROFILE_LEVEL_ID = "42e01f"  # constrained baseline, level 3.1
+
+
+@dataclass(frozen=True, slots=True)
+class WebRtcSettings:
+    """What every viewer's peer connection is made with."""
+
+    codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
+    ice_servers: tuple[ice.IceServer, ...] = ()
+    ice_addresses: tuple[str, ...] = ()
+    relay_only: bool = False
+    connect_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not self.codecs:
+            raise ValueError("at least one codec is needed")
+        if self.connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    sdp: str
+    codec: Codec
+
+
+def _codec_preferences(offer: SessionDescription, allowed: tuple[Codec, ...]) -> list[Any]:
+    """The allowed codecs in the order the viewer prefers them, then RTX.
+
+    The viewer's order wins (a page may prefer H.264 with setCodecPreferences); codecs the
+    server does not allow are left out.
+    """
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    order: list[Codec] = []
+    for media in offer.media:
+        if media.kind != "video":
+            continue
+        for codec in media.rtp.codecs:
+            try:
+                ours = Codec.from_mime_type(codec.mimeType)
+            except ValueError:
+                continue
+            if ours in allowed and ours not in order:
+                order.append(ours)
+    preferences: list[RTCRtpCodecCapability] = []
+    for codec in order:
+        for capability in capabilities:
+            if capability.mimeType.lower() != codec.mime_type.lower():
+                continue
+            if codec is Codec.H264 and (
+                capability.parameters.get("profile-level-id") != H264_PROFILE_LEVEL_ID
+            ):
+                continue
+            preferences.append(capability)
+    preferences += [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+    return preferences
+
+
+def _negotiated_codec(transceiver: RTCRtpTransceiver, answer_sdp: str) -> Codec:
+    description = SessionDescription.parse(answer_sdp)
+    for media in description.media:
+        if media.kind == "video" and media.rtp.muxId == transceiver.mid and media.rtp.codecs:
+            return Codec.from_mime_type(media.rtp.codecs[0].mimeType)
+    raise NegotiationError("invalid-sdp", "no video codec in common")
+
+
+class Peer:
+    """One viewer's WebRTC session."""
+
+    def __init__(self, manager: PeerManager, viewer_id: str) -> None:
+        self.viewer_id = viewer_id
+        self._manager = manager
+        settings = manager.settings
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(
+                # Always a list: None would make aiortc add a public STUN server of its own.
+                iceServers=[s.to_aiortc() for s in settings.ice_servers],
+                iceTransportPolicy=(
+                    RTCIceTransportPolicy.RELAY if settings.relay_only else RTCIceTransportPolicy.ALL
+                ),
+            )
+        )
+        self._track = EncodedVideoTrack(on_stop=manager.encoders.release)
+        self._transceiver: RTCRtpTransceiver | None = None
+        self.codec: Codec | None = None
+        self._connected = asyncio.Event()
+        self._ended = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.close_reason: str | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self._pc.connectionState)
+
+    @property
+    def frames_sent(self) -> int:
+        return self._track.frames_sent
+
+    def _on_state(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("viewer %s: connection %s", self.viewer_id, state)
+        if state == "connected":
+            self._connected.set()
+        elif state in ("failed", "closed"):
+            self.close_reason = self.close_reason or f"connection {state}"
+            self._ended.set()
+
+    async def answer(self, offer_sdp: str) -> Answer:
+        """Apply the viewer's offer and make the answer, with every server candidate in it.
+
+        Raises:
+            NegotiationError: the offer is not one this server can answer.
+        """
+        if self._transceiver is not None:
+            raise NegotiationError("unexpected", "this session already has an offer")
+        try:
+            parsed = SessionDescription.parse(offer_sdp)
+        except Exception as exc:  # aiortc's parser raises whatever the text provokes
+            raise NegotiationError("invalid-sdp", f"the offer does not parse: {exc}") from exc
+        if not any(m.kind == "video" for m in parsed.media):
+            raise NegotiationError("invalid-sdp", "the offer has no video section")
+        preferences = _codec_preferences(parsed, self._manager.settings.codecs)
+        if not any(p.mimeType.lower() != "video/rtx" for p in preferences):
+            allowed = ", ".join(c.mime_type for c in self._manager.settings.codecs)
+            raise NegotiationError("no-codec", f"the offer has none of the codecs {allowed}")
+        self._transceiver = self._pc.addTransceiver(self._track, direction="sendonly")
+        self._transceiver.setCodecPreferences(preferences)
+        try:
+            with ice.announce_only(self._manager.settings.ice_addresses):
+                await self._pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=offer_sdp, type="offer")
+                )
+                await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError, InvalidStateError, OperationError…
+            raise NegotiationError("invalid-sdp", f"the offer was refused: {exc}") from exc
+        local = self._pc.localDescription
+        self.codec = _negotiated_codec(self._transceiver, local.sdp)
+        self._track.attach(self._manager.encoders.acquire(self.codec))
+        # aiortc answers a PLI/FIR by flagging its own (unused) encoder: route it to the
+        # shared encoder instead, which rate-limits IDRs for everyone.
+        self._transceiver.sender._send_keyframe = self._track.request_keyframe  # type: ignore[method-assign]
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(), name=f"peercam-peer-{self.viewer_id}"
+        )
+        logger.info("viewer %s: WebRTC answered with %s", self.viewer_id, self.codec)
+        return Answer(sdp=local.sdp, codec=self.codec)
+
+    async def add_candidate(
+        self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        """Add a trickled remote candidate; None (or "") marks the end of candidates.
+
+        Raises:
+            NegotiationError: no offer yet, or the candidate is malformed.
+        """
+        if self._transceiver is None:
+            raise NegotiationError("unexpected", "a candidate came before the offer")
+        if sdp_mid is not None and sdp_mid != self._transceiver.mid:
+            raise NegotiationError("invalid-candidate", f"unknown sdpMid {sdp_mid!r}")
+        if sdp_mline_index is not None and sdp_mline_index != 0:
+            raise NegotiationError("invalid-candidate", f"unknown sdpMLineIndex {sdp_mline_index}")
+        if not candidate:
+            parsed = None
+        else:
+            text = candidate.removeprefix("candidate:")
+            try:
+                parsed = candidate_from_sdp(text)
+            except Exception as exc:
+                raise NegotiationError(
+                    "invalid-candidate", f"the candidate does not parse: {exc}"
+                ) from exc
+            parsed.sdpMid = self._transceiver.mid
+            parsed.sdpMLineIndex = 0
+        try:
+            await self._pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise NegotiationError("invalid-candidate", f"the candidate was refused: {exc}") from exc
+
+    async def _supervise(self) -> None:
+        timeout = self._manager.settings.connect_timeout
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            self.close_reason = f"not connected within {timeout:g} s"
+            logger.info("viewer %s: %s", self.viewer_id, self.close_reason)
+        else:
+            logger.info("viewer %s: WebRTC connected", self.viewer_id)
+            await self._ended.wait()
+        # Only start the close: the supervisor may be cancelled by aclose(), and a cancel that
+        # reaches RTCPeerConnection.close() midway breaks aiortc's own close.
+        self._begin_close()
+
+    async def aclose(self, reason: str = "closed by the server") -> None:
+        """Close the peer connection (idempotent) and wait until it is closed."""
+        self.close_reason = self.close_reason or reason
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            try:
+                await supervisor
+            except asyncio.CancelledError:
+                pass
+        await asyncio.shield(self._begin_close())
+
+    def _begin_close(self) -> asyncio.Task[None]:
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(), name=f"peercam-peer-close-{self.viewer_id}"
+            )
+        return self._close_task
+
+    async def _close(self) -> None:
+        try:
+            await self._pc.close()
+        finally:
+            self._track.stop()  # idempotent: releases the shared encoder once
+            self._manager._forget(self)
+            self.closed.set()
+            logger.info("viewer %s: WebRTC closed (%s)", self.viewer_id, self.close_reason)
+
+
+@dataclass
+class PeerManager:
+    """Owns every viewer's peer connection."""
+
+    settings: WebRtcSettings
+    encoders: EncoderPool
+    _peers: set[Peer] = field(default_factory=set)
+
+    def create(self, viewer_id: str) -> Peer:
+        peer = Peer(self, viewer_id)
+        self._peers.add(peer)
+        return peer
+
+    def _forget(self, peer: Peer) -> None:
+        self._peers.discard(peer)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def peers(self) -> list[Peer]:
+        return list(self._peers)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(p.aclose("server shutting down") for p in list(self._peers)))

@@ -1,0 +1,356 @@
+"""Where frames come from: a camera, a video file, a stream URL, or the test pattern.
+
+Every source captures on its own thread and publishes :class:`CapturedFrame`s into its
+:class:`Latest`; nothing here runs on the event loop. A source is an object, not a global, so a
+server can hold several named ones.
+
+Spec forms (``--source``): ``auto``, ``test``, a camera index (``0``) or device
+(``/dev/video74``), a file path, or an ``rtsp://``, ``http://``, ``https://`` URL.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob
+import logging
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from . import timebar
+from .errors import SourceError
+from .frames import CapturedFrame, Image
+from .latest import Latest
+
+logger = logging.getLogger(__name__)
+
+SourceKind = Literal["test", "camera", "file", "url"]
+SourceState = Literal["starting", "live", "reconnecting", "stopped"]
+RETRY_MIN, RETRY_MAX = 0.5, 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A parsed ``--source`` value."""
+
+    kind: SourceKind | Literal["auto"]
+    target: str | int = ""
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        """Parse a ``--source`` value.
+
+        Raises:
+            SourceError: the text names no source peercam knows.
+        """
+        text = text.strip()
+        if text in ("", "auto"):
+            return cls("auto")
+        if text == "test":
+            return cls("test")
+        if text.isdigit():
+            return cls("camera", int(text))
+        if re.fullmatch(r"/dev/video\d+", text):
+            return cls("camera", text)
+        if re.match(r"^(rtsp|rtsps|http|https)://.+", text, re.IGNORECASE):
+            return cls("url", text)
+        if "://" in text:
+            raise SourceError(f"unsupported source URL scheme in {text!r} (rtsp, http, https)")
+        if not os.path.isfile(text):
+            raise SourceError(
+                f"source {text!r} is neither 'auto', 'test', a camera index, /dev/videoN, "
+                "a URL, nor an existing video file"
+            )
+        return cls("file", text)
+
+
+class Source(abc.ABC):
+    """A stream of frames captured on a thread of its own."""
+
+    kind: SourceKind
+
+    def __init__(self, description: str, fps: float) -> None:
+        self.description = description
+        self.fps = fps
+        self.frames: Latest[CapturedFrame] = Latest()
+        self.state: SourceState = "starting"
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._index = 0
+
+    def start(self) -> None:
+        """Start capturing on a daemon thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._guarded_run, name=f"peercam-source-{self.kind}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop capturing and wait for the thread (blocking: call off the event loop)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.state = "stopped"
+        self.frames.close()
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            # The thread must never die silently: viewers would freeze with no clue why.
+            logger.exception("source %s stopped after an unexpected error", self.description)
+            self.state = "stopped"
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """Capture until ``self._stop`` is set."""
+
+    def _publish(self, bgr: Image, capture_time: float | None = None) -> None:
+        self._index += 1
+        self.frames.publish(CapturedFrame.from_bgr(bgr, self._index, capture_time))
+        if self.state != "live":
+            logger.info("source %s is live", self.description)
+            self.state = "live"
+            self.last_error = None
+
+    def status(self) -> dict[str, object]:
+        newest = self.frames.get()
+        return {
+            "kind": self.kind,
+            "description": self.description,
+            "state": self.state,
+            "error": self.last_error,
+            "fps": self.fps,
+            "width": newest[1].width if newest else None,
+            "height": newest[1].height if newest else None,
+            "frames": self._index,
+        }
+
+
+class TestPatternSource(Source):
+    """A moving picture with a clock, a frame counter and the capture-time bar."""
+
+    kind: SourceKind = "test"
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
+        if width < 64 or height < 48 or width % 2 or height % 2:
+            raise SourceError(f"test pattern size {width}x{height}: need even sizes >= 64x48")
+        if not 0 < fps <= 120:
+            raise SourceError(f"test pattern fps {fps}: need 0 < fps <= 120")
+        super().__init__(f"test pattern {width}x{height}@{fps:g}", fps)
+        self.width = width
+        self.height = height
+        self._background = self._make_background(width, height)
+
+    @staticmethod
+    def _make_background(width: int, height: int) -> Image:
+        colours = [(192, 192, 192), (0, 192, 192), (192, 192, 0), (0, 192, 0), (192, 0, 192),
+                   (0, 0, 192), (192, 0, 0)]  # fmt: skip
+        image = np.zeros((height, width, 3), np.uint8)
+        for i, colour in enumerate(colours):
+            image[:, i * width // len(colours) : (i + 1) * width // len(colours)] = colour
+        ramp = np.linspace(0, 255, width, dtype=np.uint8)
+        image[height * 3 // 4 :, :] = ramp[None, :, None]
+        return image
+
+    def render(self, index: int, now: float) -> Image:
+        """The picture for frame ``index`` captured at wall-clock time ``now``."""
+        w, h = self.width, self.height
+        image = self._background.copy()
+        # A square that sweeps across: motion makes a frozen stream obvious to the eye.
+        size = h // 6
+        x = int((index * 4) % (w + size)) - size
+        y = int(h / 2 + math.sin(index / 15) * h / 6) - size // 2
+        cv2.rectangle(image, (x, y), (x + size, y + size), (255, 255, 255), -1)
+        scale = h / 480
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        for text, row in ((stamp, 0.2), (f"frame {index}", 0.3), ("peercam", 0.4)):
+            org = (int(w * 0.05), int(h * row))
+            cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4)
+            cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1)
+        timebar.stamp(image, int(now * 1000))
+        return image
+
+    def _run(self) -> None:
+        period = 1.0 / self.fps
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            now = time.time()
+            self._publish(self.render(self._index + 1, now), now)
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay < -period:  # fell far behind (a stalled machine): do not burst to catch up
+                deadline = time.monotonic()
+            elif delay > 0:
+                self._stop.wait(delay)
+
+
+class CaptureSource(Source):
+    """A camera, file or stream URL read through OpenCV, reopened with backoff when it fails."""
+
+    def __init__(
+        self,
+        kind: Literal["camera", "file", "url"],
+        target: str | int,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        capture: cv2.VideoCapture | None = None,
+    ) -> None:
+        self.kind = kind
+        self.target = target
+        self._want = (width, height, fps)
+        self._capture = capture
+        name = f"camera {target}" if kind == "camera" else f"{kind} {target}"
+        super().__init__(name, fps or 30.0)
+
+    def open(self) -> None:
+        """Open the device now, so a bad source fails at start with a clear error.
+
+        Raises:
+            SourceError: it cannot be opened or delivers no frame.
+        """
+        if self._capture is None:
+            self._capture = self._open_capture()
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        if self.kind == "camera":
+            capture = cv2.VideoCapture(self.target, cv2.CAP_V4L2)
+        else:
+            capture = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            capture.release()
+            hint = ""
+            if self.kind == "camera" and isinstance(self.target, str):
+                if not os.path.exists(self.target):
+                    hint = ": no such device"
+                elif not os.access(self.target, os.R_OK | os.W_OK):
+                    hint = ": permission denied (add the user to the 'video' group)"
+            raise SourceError(f"cannot open {self.description}{hint}")
+        if self.kind == "camera":
+            width, height, fps = self._want
+            # MJPG lets USB cameras reach full frame rate at high resolutions; a camera that
+            # does not offer it keeps its own format.
+            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, width or 1280)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height or 720)
+            capture.set(cv2.CAP_PROP_FPS, fps or 30)
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest picture, not a stale queue
+            self.fps = capture.get(cv2.CAP_PROP_FPS) or fps or 30.0
+        elif self.kind == "file":
+            native = capture.get(cv2.CAP_PROP_FPS)
+            self.fps = self._want[2] or (native if 0 < native <= 240 else 30.0)
+        else:
+            native = capture.get(cv2.CAP_PROP_FPS)
+            self.fps = native if 0 < native <= 240 else 30.0
+        ok, image = capture.read()
+        if not ok or image is None:
+            capture.release()
+            raise SourceError(f"{self.description} opened but delivered no frame")
+        if self.kind == "file":
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        return capture
+
+    def _run(self) -> None:
+        retry = RETRY_MIN
+        while not self._stop.is_set():
+            capture = self._capture
+            if capture is None:
+                try:
+                    capture = self._capture = self._open_capture()
+                except SourceError as exc:
+                    self._set_failed(str(exc))
+                    self._stop.wait(retry)
+                    retry = min(RETRY_MAX, retry * 2)
+                    continue
+            retry = RETRY_MIN
+            self._read_until_failure(capture)
+            capture.release()
+            self._capture = None
+
+    def _read_until_failure(self, capture: cv2.VideoCapture) -> None:
+        period = 1.0 / self.fps if self.kind == "file" else 0.0
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            ok, image = capture.read()
+            if not ok or image is None:
+                if self.kind == "file" and self._index > 0 and capture.set(
+                    cv2.CAP_PROP_POS_FRAMES, 0
+                ):
+                    ok, image = capture.read()  # looped back to the start
+                if not ok or image is None:
+                    self._set_failed(f"{self.description}: read failed")
+                    return
+            self._publish(image)
+            if period:
+                # A file is paced at its own frame rate; cameras and streams pace themselves.
+                deadline += period
+                delay = deadline - time.monotonic()
+                if delay < -period:
+                    deadline = time.monotonic()
+                elif delay > 0:
+                    self._stop.wait(delay)
+
+    def _set_failed(self, message: str) -> None:
+        if self.state != "reconnecting" or self.last_error != message:
+            logger.warning("%s; retrying", message)
+        self.state = "reconnecting"
+        self.last_error = message
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        if self._capture is not None and (self._thread is None or not self._thread.is_alive()):
+            self._capture.release()
+            self._capture = None
+
+
+def _video_devices() -> list[str]:
+    def number(path: str) -> int:
+        return int(re.sub(r"\D", "", path) or 0)
+
+    return sorted(glob.glob("/dev/video[0-9]*"), key=number)
+
+
+def open_source(
+    spec: SourceSpec,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+) -> Source:
+    """Make the source a spec names, opening devices now (blocking: call before serving).
+
+    ``auto`` takes the first ``/dev/video*`` that opens and delivers a frame, otherwise the
+    test pattern; the log says which.
+
+    Raises:
+        SourceError: the source cannot be opened.
+    """
+    if spec.kind == "auto":
+        for device in _video_devices():
+            try:
+                source = open_source(SourceSpec("camera", device), width=width, height=height, fps=fps)
+            except SourceError as exc:
+                logger.info("auto: %s", exc)
+                continue
+            logger.info("auto: using %s", source.description)
+            return source
+        logger.info("auto: no camera delivers frames; using the test pattern")
+        return TestPatternSource(width or 640, height or 480, fps or 30.0)
+    if spec.kind == "test":
+        return TestPatternSource(width or 640, height or 480, fps or 30.0)
+    source = CaptureSource(spec.kind, spec.target, width=width, height=height, fps=fps)
+    source.open()
+    return source
