@@ -31,31 +31,56 @@ def _parser() -> argparse.ArgumentParser:
         description="Stream a camera to any browser, live, over WebRTC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--source", default=os.environ.get("PEERCAM_SOURCE", "auto"),
-                   help="auto, test, a camera index, /dev/videoN, a video file or an "
-                        "rtsp:// / http(s):// URL")  # fmt: skip
+    p.add_argument(
+        "--source",
+        default=os.environ.get("PEERCAM_SOURCE", "auto"),
+        help="auto, test, a camera index, /dev/videoN, a video file or an rtsp:// / http(s):// URL",
+    )
     p.add_argument("--width", type=int, help="capture width (camera 1280, test pattern 640)")
     p.add_argument("--height", type=int, help="capture height (camera 720, test pattern 480)")
     p.add_argument("--fps", type=float, help="frames per second (camera and test pattern 30)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=9000, help="port to listen on")
-    p.add_argument("--codec", choices=["auto", "vp8", "h264"], default="auto",
-                   help="restrict WebRTC to one codec")  # fmt: skip
+    p.add_argument(
+        "--codec",
+        choices=["auto", "vp8", "h264"],
+        default="auto",
+        help="restrict WebRTC to one codec",
+    )
     p.add_argument("--bitrate", type=int, help="video bitrate in bit/s (default: by size)")
-    p.add_argument("--ice-server", action="append", default=[], metavar="URL",
-                   help="STUN/TURN server URL (repeatable), e.g. stun:stun.example.org:3478 "
-                        "or turn:turn.example.org:3478?transport=tcp")  # fmt: skip
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server URL (repeatable), e.g. stun:stun.example.org:3478 "
+        "or turn:turn.example.org:3478?transport=tcp",
+    )
     p.add_argument("--ice-username", help="username for every turn:/turns: server")
-    p.add_argument("--ice-credential", default=os.environ.get("PEERCAM_ICE_CREDENTIAL"),
-                   help="credential for every turn:/turns: server (or PEERCAM_ICE_CREDENTIAL)")  # fmt: skip
-    p.add_argument("--ice-address", action="append", default=[], metavar="IP",
-                   help="local address ICE announces (repeatable; default: every interface "
-                        "but loopback)")  # fmt: skip
+    p.add_argument(
+        "--ice-credential",
+        default=os.environ.get("PEERCAM_ICE_CREDENTIAL"),
+        help="credential for every turn:/turns: server (or PEERCAM_ICE_CREDENTIAL)",
+    )
+    p.add_argument(
+        "--ice-address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="local address ICE announces (repeatable; default: every interface but loopback)",
+    )
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
-    p.add_argument("--connect-timeout", type=float, default=20.0,
-                   help="seconds a viewer has to complete WebRTC")  # fmt: skip
-    p.add_argument("--log-level", default=os.environ.get("PEERCAM_LOG", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a viewer has to complete WebRTC",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("PEERCAM_LOG", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     return p
 
 
@@ -103,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        source = open_source(config.source, width=config.width, height=config.height, fps=config.fps)
+        source = open_source(
+            config.source, width=config.width, height=config.height, fps=config.fps
+        )
     except SourceError as exc:
         logger.error("%s", exc)
         return 2

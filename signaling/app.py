@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 
 async def _index(request: web.Request) -> web.StreamResponse:
     config = request.app[Service.KEY].config
-    return web.FileResponse(
-        config.static_dir / "index.html", headers={"Cache-Control": "no-cache"}
-    )
+    return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -37,7 +35,9 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     code, or build the app before the loop runs, as ``server.main`` does.
     """
     if source is None:
-        source = open_source(config.source, width=config.width, height=config.height, fps=config.fps)
+        source = open_source(
+            config.source, width=config.width, height=config.height, fps=config.fps
+        )
     encoders = EncoderPool(source.frames, fps=source.fps, bitrate=config.bitrate)
     service = Service(
         config=config,

@@ -44,6 +44,8 @@ class AiortcViewer:
         self._reader: asyncio.Task[None] | None = None
         self._track: asyncio.Future[MediaStreamTrack] | None = None
         self.frame_event = asyncio.Event()
+        #: False: never apply the answer, so ICE can never complete (for timeout tests).
+        self.apply_answer = True
 
     async def connect(self) -> None:
         """Signal until the answer is applied; raises if the server answers with an error."""
@@ -74,6 +76,8 @@ class AiortcViewer:
         self.answer = await self.ws.receive_json(timeout=10)
         if self.answer.get("type") != "answer":
             raise RuntimeError(f"no answer: {self.answer}")
+        if not self.apply_answer:
+            return
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=self.answer["sdp"], type="answer")
         )

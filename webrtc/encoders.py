@@ -22,10 +22,12 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import av
 from aiortc.codecs.vpx import number_of_threads
 from av.codec.context import CodecContext
+from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
 from .frames import CapturedFrame
@@ -38,6 +40,12 @@ TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 RING_SECONDS = 1.0
 KEYFRAME_MIN_INTERVAL = 0.5  # at most one forced IDR per this many seconds: an IDR goes to all
 KEYFRAME_INTERVAL = 5.0  # a periodic keyframe bounds recovery when a keyframe request is lost
+
+
+if TYPE_CHECKING:
+    Packet: TypeAlias = av.Packet[Stream]  # generic only in PyAV's stubs
+else:
+    Packet = av.Packet
 
 
 class Codec(enum.StrEnum):
@@ -68,7 +76,7 @@ class EncodedFrame:
     """One encoded picture (one access unit), shared read-only by every viewer."""
 
     seq: int
-    packet: av.Packet
+    packet: Packet
     keyframe: bool
     capture_time: float
     width: int
@@ -215,11 +223,16 @@ class SharedEncoder:
             }
         context.open()
         logger.info(
-            "encoder %s opened: %dx%d@%d, %d kbit/s", self.codec, width, height, fps, bitrate // 1000
+            "encoder %s opened: %dx%d@%d, %d kbit/s",
+            self.codec,
+            width,
+            height,
+            fps,
+            bitrate // 1000,
         )
         return context
 
-    def _encode(self, frame: CapturedFrame, force_keyframe: bool) -> av.Packet | None:
+    def _encode(self, frame: CapturedFrame, force_keyframe: bool) -> Packet | None:
         context = self._context
         if context is None or context.width != frame.width or context.height != frame.height:
             context = self._context = self._open(frame.width, frame.height)
@@ -248,7 +261,7 @@ class SharedEncoder:
 
     # -- readers ------------------------------------------------------------------------
 
-    def _publish(self, packet: av.Packet, frame: CapturedFrame) -> None:
+    def _publish(self, packet: Packet, frame: CapturedFrame) -> None:
         self._seq += 1
         keyframe = bool(packet.is_keyframe)
         self._ring.append(

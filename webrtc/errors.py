@@ -1,8 +1,8 @@
 """Exceptions of the media side.
 
-    PeercamMediaError
-    ├── SourceError          a source cannot be parsed, opened or read
-    └── NegotiationError     an offer or candidate that WebRTC cannot accept
+PeercamMediaError
+├── SourceError          a source cannot be parsed, opened or read
+└── NegotiationError     an offer or candidate that WebRTC cannot accept
 """
 
 

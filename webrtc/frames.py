@@ -36,15 +36,17 @@ class CapturedFrame:
         return int(self.bgr.shape[0])
 
     @classmethod
-    def from_bgr(
-        cls, bgr: Image, index: int, capture_time: float | None = None
-    ) -> CapturedFrame:
-        """Wrap a BGR picture, cropping to even dimensions as 4:2:0 requires."""
+    def from_bgr(cls, bgr: Image, index: int, capture_time: float | None = None) -> CapturedFrame:
+        """Wrap a BGR picture, cropping to even dimensions as 4:2:0 requires.
+
+        The frame takes ownership of ``bgr``: it is made read-only (capture threads hand over
+        a fresh array per picture, so this costs no copy).
+        """
         h, w = bgr.shape[:2]
         if h % 2 or w % 2:
             bgr = bgr[: h - h % 2, : w - w % 2]
         bgr = np.ascontiguousarray(bgr)
-        i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        i420: Image = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
         bgr.setflags(write=False)
         i420.setflags(write=False)
         return cls(

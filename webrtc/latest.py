@@ -72,8 +72,8 @@ class Latest(Generic[T]):
                     raise LatestClosed
                 if self._seq > after and self._value is not None:
                     return self._seq, self._value
-                if self._loop is None:
-                    self._loop = asyncio.get_running_loop()
+                # The loop of the newest reader: a stream may outlive one loop (tests, restarts).
+                self._loop = asyncio.get_running_loop()
                 changed = self._changed
             await changed.wait()
 

@@ -21,8 +21,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.sdp import SessionDescription, candidate_from_sdp
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import ice
 from .encoders import Codec, EncoderPool
@@ -68,9 +68,9 @@ def _codec_preferences(offer: SessionDescription, allowed: tuple[Codec, ...]) ->
     for media in offer.media:
         if media.kind != "video":
             continue
-        for codec in media.rtp.codecs:
+        for offered in media.rtp.codecs:
             try:
-                ours = Codec.from_mime_type(codec.mimeType)
+                ours = Codec.from_mime_type(offered.mimeType)
             except ValueError:
                 continue
             if ours in allowed and ours not in order:
@@ -109,7 +109,9 @@ class Peer:
                 # Always a list: None would make aiortc add a public STUN server of its own.
                 iceServers=[s.to_aiortc() for s in settings.ice_servers],
                 iceTransportPolicy=(
-                    RTCIceTransportPolicy.RELAY if settings.relay_only else RTCIceTransportPolicy.ALL
+                    RTCIceTransportPolicy.RELAY
+                    if settings.relay_only
+                    else RTCIceTransportPolicy.ALL
                 ),
             )
         )
@@ -210,7 +212,9 @@ class Peer:
         try:
             await self._pc.addIceCandidate(parsed)
         except Exception as exc:
-            raise NegotiationError("invalid-candidate", f"the candidate was refused: {exc}") from exc
+            raise NegotiationError(
+                "invalid-candidate", f"the candidate was refused: {exc}"
+            ) from exc
 
     async def _supervise(self) -> None:
         timeout = self._manager.settings.connect_timeout

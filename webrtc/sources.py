@@ -55,7 +55,7 @@ class SourceSpec:
             return cls("auto")
         if text == "test":
             return cls("test")
-        if text.isdigit():
+        if re.fullmatch(r"[0-9]+", text):
             return cls("camera", int(text))
         if re.fullmatch(r"/dev/video\d+", text):
             return cls("camera", text)
@@ -144,8 +144,9 @@ class TestPatternSource(Source):
     __test__ = False  # not a pytest test class
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
-        if width < 64 or height < 48 or width % 2 or height % 2:
-            raise SourceError(f"test pattern size {width}x{height}: need even sizes >= 64x48")
+        # The capture-time bar needs 66 blocks of at least 4 px across.
+        if width < 320 or height < 240 or width % 2 or height % 2:
+            raise SourceError(f"test pattern size {width}x{height}: need even sizes >= 320x240")
         if not 0 < fps <= 120:
             raise SourceError(f"test pattern fps {fps}: need 0 < fps <= 120")
         super().__init__(f"test pattern {width}x{height}@{fps:g}", fps)
@@ -286,14 +287,16 @@ class CaptureSource(Source):
         while not self._stop.is_set():
             ok, image = capture.read()
             if not ok or image is None:
-                if self.kind == "file" and self._index > 0 and capture.set(
-                    cv2.CAP_PROP_POS_FRAMES, 0
+                if (
+                    self.kind == "file"
+                    and self._index > 0
+                    and capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 ):
                     ok, image = capture.read()  # looped back to the start
                 if not ok or image is None:
                     self._set_failed(f"{self.description}: read failed")
                     return
-            self._publish(image)
+            self._publish(np.asarray(image, dtype=np.uint8))
             if period:
                 # A file is paced at its own frame rate; cameras and streams pace themselves.
                 deadline += period
@@ -341,7 +344,9 @@ def open_source(
     if spec.kind == "auto":
         for device in _video_devices():
             try:
-                source = open_source(SourceSpec("camera", device), width=width, height=height, fps=fps)
+                source = open_source(
+                    SourceSpec("camera", device), width=width, height=height, fps=fps
+                )
             except SourceError as exc:
                 logger.info("auto: %s", exc)
                 continue

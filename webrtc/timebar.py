@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import zlib
 
-import numpy as np
-
 from .frames import Image
 
 BITS = 64

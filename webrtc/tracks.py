@@ -6,10 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .encoders import EncoderClosed, FellBehind, SharedEncoder
+from .encoders import EncoderClosed, FellBehind, Packet, SharedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         if self._encoder is not None:
             self._encoder.request_keyframe()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
         await self._attached.wait()

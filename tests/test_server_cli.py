@@ -1,0 +1,91 @@
+"""The command a user runs: `python server.py` starts, serves the page, and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _run(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "server.py"), *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+async def _read_until(process: asyncio.subprocess.Process, needle: str) -> str:
+    assert process.stdout is not None
+    seen = []
+    async with asyncio.timeout(30):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                raise AssertionError("server exited early:\n" + "".join(seen))
+            seen.append(line)
+            if needle in line:
+                return "".join(seen)
+
+
+async def test_server_serves_the_page_and_status_then_exits_on_sigterm() -> None:
+    """The README's first command must give a working page on the test pattern."""
+    port = _free_port()
+    process = await _run("--source", "test", "--port", str(port), "--ice-address", "127.0.0.1")
+    try:
+        log = await _read_until(process, "open http://")
+        assert f"http://127.0.0.1:{port}/" in log
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(15):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/") as response:
+                            page = await response.text()
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)  # the listener opens just after the log line
+            assert "<peercam-view" in page
+            async with http.get(f"http://127.0.0.1:{port}/static/peercam-view.js") as response:
+                assert response.status == 200
+                assert "customElements.define" in await response.text()
+            async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
+                status = await response.json()
+                assert status["source"]["kind"] == "test"
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_camera_that_cannot_open_is_a_clear_error() -> None:
+    """A wrong --source must say what is wrong and exit, not serve a black page."""
+    process = await _run("--source", "/dev/video99", "--port", str(_free_port()))
+    assert process.stdout is not None
+    output = (await process.stdout.read()).decode()
+    assert await process.wait() == 2
+    assert "cannot open camera /dev/video99" in output
+
+
+async def test_unknown_source_is_a_usage_error() -> None:
+    """A typo in --source is reported as a usage error naming the accepted forms."""
+    process = await _run("--source", "/no/such/file.mp4")
+    assert process.stdout is not None
+    output = (await process.stdout.read()).decode()
+    assert await process.wait() == 2
+    assert "neither 'auto', 'test'" in output
