@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="local address ICE announces (repeatable; default: every interface but loopback)",
     )
+    p.add_argument(
+        "--no-webrtc",
+        dest="webrtc",
+        action="store_false",
+        help="serve JPEG pictures only (viewers fall back at once)",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=75, help="JPEG quality of pictures (1-100)"
+    )
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
     p.add_argument(
         "--connect-timeout",
@@ -114,6 +123,8 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             ice_addresses=tuple(args.ice_address),
             max_viewers=args.max_viewers,
             connect_timeout=args.connect_timeout,
+            webrtc=args.webrtc,
+            jpeg_quality=args.jpeg_quality,
         )
     except (ValueError, SourceError) as exc:
         parser.error(str(exc))

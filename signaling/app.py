@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from webrtc.encoders import EncoderPool
+from webrtc.encoders import make_encoder_pool
+from webrtc.jpeg import make_jpeg_pool
 from webrtc.peers import PeerManager
 from webrtc.sources import Source, open_source
 
 from .config import Config
+from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
 from .session import websocket_handler
 from .state import Service
 
@@ -22,6 +24,11 @@ logger = logging.getLogger(__name__)
 async def _index(request: web.Request) -> web.StreamResponse:
     config = request.app[Service.KEY].config
     return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _capture_page(request: web.Request) -> web.StreamResponse:
+    config = request.app[Service.KEY].config
+    return web.FileResponse(config.static_dir / "capture.html")
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -38,11 +45,12 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
         source = open_source(
             config.source, width=config.width, height=config.height, fps=config.fps
         )
-    encoders = EncoderPool(source.frames, fps=source.fps, bitrate=config.bitrate)
+    encoders = make_encoder_pool(source.frames, fps=source.fps, bitrate=config.bitrate)
     service = Service(
         config=config,
         source=source,
         encoders=encoders,
+        jpeg=make_jpeg_pool(source.frames),
         peers=PeerManager(config.webrtc_settings(), encoders),
     )
     app = web.Application()
@@ -50,6 +58,10 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     app.router.add_get("/", _index)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/status", _status)
+    app.router.add_get("/snapshot.jpg", snapshot_handler)
+    app.router.add_get("/stream.mjpg", mjpeg_handler)
+    app.router.add_get("/video", legacy_video_handler)
+    app.router.add_get("/capture", _capture_page)
     app.router.add_static("/static/", config.static_dir, append_version=False)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
@@ -63,6 +75,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     await service.peers.aclose()
     await service.encoders.aclose()
+    await service.jpeg.aclose()
     await asyncio.to_thread(service.source.stop)
 
 
@@ -71,7 +84,9 @@ async def _close_sockets(app: web.Application) -> None:
     await asyncio.gather(
         *(
             ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-            for ws in list(service.viewers)
+            for ws in [*service.viewers, *service.legacy_viewers]
         ),
         return_exceptions=True,
     )
+    # Ends the MJPEG responses (their pictures stream closes) so shutdown does not wait on them.
+    await service.jpeg.aclose()

@@ -33,6 +33,8 @@ class Config:
     ice_addresses: tuple[str, ...] = ()
     max_viewers: int = 50
     connect_timeout: float = 20.0
+    webrtc: bool = True
+    jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class Config:
             raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
         if self.connect_timeout <= 0:
             raise ValueError("the connect timeout must be positive")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
 
     def webrtc_settings(self) -> WebRtcSettings:
         return WebRtcSettings(

@@ -50,7 +50,28 @@ class Bye:
     """The viewer is leaving."""
 
 
-ClientMessage: TypeAlias = Offer | Candidate | Bye
+#: Why a client left WebRTC for JPEG, as it reports it (counted by the server).
+FALLBACK_REASONS = frozenset(
+    {"no-webrtc", "offer-error", "failed", "no-video", "forced", "webrtc-disabled"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JpegRequest:
+    """Switch this socket to JPEG pictures (binary messages, flow-controlled by acks)."""
+
+    quality: int | None = None
+    max_width: int | None = None
+    max_fps: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A JPEG picture was drawn: one more credit."""
+
+
+ClientMessage: TypeAlias = Offer | Candidate | Bye | JpegRequest | Ack
 
 
 def _field(
@@ -91,10 +112,29 @@ def _parse_candidate(data: Mapping[str, Any]) -> Candidate:
     return Candidate(candidate or None, sdp_mid, index)
 
 
+def _parse_jpeg(data: Mapping[str, Any]) -> JpegRequest:
+    quality = _field(data, "quality", int, "an integer or null", required=False)
+    if quality is not None and not 1 <= quality <= 100:
+        raise ProtocolError("invalid-field", "'quality' must be 1-100", "jpeg")
+    max_width = _field(data, "maxWidth", int, "an integer or null", required=False)
+    if max_width is not None and not 16 <= max_width <= 7680:
+        raise ProtocolError("invalid-field", "'maxWidth' must be 16-7680", "jpeg")
+    max_fps = _field(data, "maxFps", (int, float), "a number or null", required=False)
+    if max_fps is not None and not 0.1 <= max_fps <= 120:
+        raise ProtocolError("invalid-field", "'maxFps' must be 0.1-120", "jpeg")
+    reason = _field(data, "reason", str, "a string or null", required=False, max_chars=32)
+    if reason is not None and reason not in FALLBACK_REASONS:
+        known = ", ".join(sorted(FALLBACK_REASONS))
+        raise ProtocolError("invalid-field", f"'reason' must be one of {known}", "jpeg")
+    return JpegRequest(quality, max_width, None if max_fps is None else float(max_fps), reason)
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "offer": _parse_offer,
     "candidate": _parse_candidate,
     "bye": lambda data: Bye(),
+    "jpeg": _parse_jpeg,
+    "ack": lambda data: Ack(),
 }
 
 

@@ -13,9 +13,11 @@ import secrets
 from aiohttp import WSMsgType, web
 
 from webrtc.errors import NegotiationError
+from webrtc.jpeg import JpegKey
 from webrtc.peers import Peer
 
 from . import messages
+from .pictures import JpegStream
 from .state import Service
 
 logger = logging.getLogger(__name__)
@@ -34,9 +36,11 @@ class ViewerSession:
         self._remote = remote
         self._peer: Peer | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._jpeg: JpegStream | None = None
 
     async def run(self) -> None:
-        settings = self._service.config.webrtc_settings()
+        config = self._service.config
+        settings = config.webrtc_settings()
         logger.info("viewer %s connected from %s", self.viewer_id, self._remote)
         try:
             await self._ws.send_str(
@@ -45,7 +49,7 @@ class ViewerSession:
                     ice_servers=[s.to_json() for s in settings.ice_servers],
                     codecs=[str(c) for c in settings.codecs],
                     ice_transport_policy="relay" if settings.relay_only else "all",
-                    modes=["webrtc"],
+                    modes=["webrtc", "jpeg"] if config.webrtc else ["jpeg"],
                 )
             )
             async for msg in self._ws:
@@ -78,6 +82,12 @@ class ViewerSession:
                 case messages.Bye():
                     logger.info("viewer %s said bye", self.viewer_id)
                     await self._ws.close()
+                case messages.JpegRequest():
+                    await self._on_jpeg(message)
+                case messages.Ack():
+                    if self._jpeg is None:
+                        raise messages.ProtocolError("unexpected", "ack outside JPEG mode", "ack")
+                    self._jpeg.ack()
         except messages.ProtocolError as exc:
             await self._send_error(exc)
         except NegotiationError as exc:
@@ -85,6 +95,12 @@ class ViewerSession:
             await self._send_error(messages.ProtocolError(exc.code, str(exc), kind))
 
     async def _on_offer(self, sdp: str) -> None:
+        if not self._service.config.webrtc:
+            raise messages.ProtocolError(
+                "webrtc-disabled", 'this server serves JPEG only; send {"type":"jpeg"}', "offer"
+            )
+        if self._jpeg is not None:
+            raise messages.ProtocolError("unexpected", "this socket is in JPEG mode", "offer")
         if self._peer is not None:
             raise messages.ProtocolError(
                 "unexpected", "this session already has an offer (no renegotiation)", "offer"
@@ -98,6 +114,34 @@ class ViewerSession:
         self._peer = peer
         self._watch = asyncio.get_running_loop().create_task(self._close_with_peer(peer))
         await self._ws.send_str(messages.answer_message(answer.sdp, str(answer.codec)))
+
+    async def _on_jpeg(self, request: messages.JpegRequest) -> None:
+        """Switch this socket to JPEG: the WebRTC peer (if any) ends, the socket stays."""
+        if self._jpeg is not None:
+            raise messages.ProtocolError(
+                "unexpected", "this socket is already in JPEG mode", "jpeg"
+            )
+        if request.reason:
+            self._service.fallbacks[request.reason] += 1
+        await self._stop_peer(f"switched to JPEG ({request.reason or 'asked'})")
+        key = JpegKey.normalized(
+            request.quality or self._service.config.jpeg_quality, request.max_width
+        )
+        self._jpeg = JpegStream(self._ws, self._service.jpeg, key, request.max_fps)
+        self._jpeg.start()
+        self._service.jpeg_viewers += 1
+        logger.info("viewer %s: JPEG mode %s (%s)", self.viewer_id, key, request.reason or "asked")
+
+    async def _stop_peer(self, reason: str) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            self._watch = None
+        if self._peer is not None:
+            await self._peer.aclose(reason)
 
     async def _close_with_peer(self, peer: Peer) -> None:
         await peer.closed.wait()
@@ -113,14 +157,10 @@ class ViewerSession:
             )
 
     async def _end(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            try:
-                await self._watch
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-        if self._peer is not None:
-            await self._peer.aclose("the socket closed")
+        await self._stop_peer("the socket closed")
+        if self._jpeg is not None:
+            await self._jpeg.aclose()
+            self._service.jpeg_viewers -= 1
         logger.info("viewer %s disconnected", self.viewer_id)
 
 

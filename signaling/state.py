@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from aiohttp import web
 
-from webrtc.encoders import EncoderPool
+from webrtc.encoders import Codec, EncoderPool
+from webrtc.jpeg import JpegPool
 from webrtc.peers import PeerManager
 from webrtc.sources import Source
 
@@ -23,8 +25,14 @@ class Service:
     config: Config
     source: Source
     encoders: EncoderPool
+    jpeg: JpegPool
     peers: PeerManager
     viewers: set[web.WebSocketResponse] = field(default_factory=set)
+    legacy_viewers: set[web.WebSocketResponse] = field(default_factory=set)
+    jpeg_viewers: int = 0
+    mjpeg_viewers: int = 0
+    #: Why viewers fell back from WebRTC to JPEG, as they reported it.
+    fallbacks: Counter[str] = field(default_factory=Counter)
 
     def status(self) -> dict[str, object]:
         running = self.encoders.running()
@@ -44,7 +52,18 @@ class Service:
                 str(codec): running[codec].stats() | {"viewers": self.encoders.users(codec)}
                 for codec in running
             },
-            "encodersStarted": {str(c): n for c, n in self.encoders.started.items()},
+            "encodersStarted": {str(c): self.encoders.started[c] for c in Codec},
+            "jpeg": {
+                "viewers": self.jpeg_viewers,
+                "mjpegViewers": self.mjpeg_viewers,
+                "legacyViewers": len(self.legacy_viewers),
+                "encoders": {
+                    str(key): {"users": self.jpeg.users(key), "encoded": encoder.encoded}
+                    for key, encoder in self.jpeg.running().items()
+                },
+                "encodersStarted": sum(self.jpeg.started.values()),
+            },
+            "fallbacks": dict(self.fallbacks),
         }
 
 

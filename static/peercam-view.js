@@ -1,16 +1,20 @@
-// <peercam-view>: one element that connects to peercam's /ws, negotiates WebRTC and plays it.
+// <peercam-view>: one element that connects to peercam's /ws and shows the camera.
+// WebRTC first; JPEG pictures over the same socket when WebRTC is missing or fails.
 // Protocol: docs/protocol.md. No build step: a plain ES module.
 
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 10000;
 const STATS_INTERVAL_MS = 1000;
+const DEFAULT_FALLBACK_S = 5;
+const JPEG_HEADER_BYTES = 20; // "PCJ1", seq u32, capture time f64 (s), width u16, height u16
 
 const TEMPLATE = `
 <style>
   :host { display: block; position: relative; background: #000; overflow: hidden;
           contain: strict; }
-  video { position: absolute; inset: 0; width: 100%; height: 100%; object-fit: contain;
-          background: #000; }
+  video, canvas { position: absolute; inset: 0; width: 100%; height: 100%;
+                  object-fit: contain; background: transparent; }
+  [hidden] { display: none !important; }
   .overlay { position: absolute; left: max(8px, env(safe-area-inset-left));
              top: max(8px, env(safe-area-inset-top)); padding: 4px 8px; border-radius: 4px;
              background: rgba(0, 0, 0, 0.55); color: #fff;
@@ -20,6 +24,7 @@ const TEMPLATE = `
   .overlay.error { background: rgba(160, 0, 0, 0.75); }
 </style>
 <video autoplay muted playsinline disablepictureinpicture></video>
+<canvas hidden></canvas>
 <div class="overlay" part="overlay">connecting…</div>
 `;
 
@@ -43,17 +48,31 @@ function sortCodecs(codecs, wanted) {
   return [...codecs].sort((a, b) => score(a) - score(b));
 }
 
+const REASON_TEXT = {
+  "no-webrtc": "this browser has no WebRTC",
+  "webrtc-disabled": "the server serves JPEG only",
+  "offer-error": "the server refused WebRTC",
+  failed: "the WebRTC connection failed",
+  "no-video": "no WebRTC video in time",
+  forced: "asked for by ?mode=jpeg",
+};
+
 class PeercamView extends HTMLElement {
   #ws = null;
   #pc = null;
   #video;
+  #canvas;
   #overlay;
   #retryMs = RECONNECT_MIN_MS;
   #retryTimer = null;
   #statsTimer = null;
+  #fallbackTimer = null;
   #running = false;
-  #info = { mode: "—", codec: "—", state: "connecting", fps: 0, error: "" };
-  #lastFrames = { frames: 0, at: 0 };
+  #fallbackReason = null; // once WebRTC has failed here, reconnects go straight to JPEG
+  #info = { mode: "—", codec: "—", state: "connecting", fps: 0, latencyMs: null, error: "",
+            fallbackReason: null, framesDrawn: 0 };
+  #lastCount = { frames: 0, at: 0 };
+  #jpeg = { busy: false, pending: null };
   #onVisibility = () => (document.hidden ? this.#stop() : this.#start());
 
   constructor() {
@@ -61,6 +80,7 @@ class PeercamView extends HTMLElement {
     const root = this.attachShadow({ mode: "open" });
     root.innerHTML = TEMPLATE;
     this.#video = root.querySelector("video");
+    this.#canvas = root.querySelector("canvas");
     this.#overlay = root.querySelector(".overlay");
     this.#video.addEventListener("resize", () => this.#render());
   }
@@ -72,15 +92,32 @@ class PeercamView extends HTMLElement {
     return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
   }
 
+  #param(name) {
+    return this.getAttribute(name) ?? new URLSearchParams(location.search).get(name);
+  }
+
   /** The codec to prefer: the `codec` attribute, else the page's ?codec= parameter. */
   get preferredCodec() {
-    const value = this.getAttribute("codec") || new URLSearchParams(location.search).get("codec");
+    const value = this.#param("codec");
     return value === "vp8" || value === "h264" ? value : null;
   }
 
-  /** For diagnostics and tests: the current RTCPeerConnection, if any. */
+  /** A forced mode ("webrtc" or "jpeg"): the `mode` attribute or ?mode=; null for automatic. */
+  get forcedMode() {
+    const value = this.#param("mode");
+    return value === "webrtc" || value === "jpeg" ? value : null;
+  }
+
+  /** Seconds WebRTC has to show a frame before the element falls back to JPEG. */
+  get fallbackAfter() {
+    const value = Number(this.#param("fallback-after"));
+    return value > 0 ? value : DEFAULT_FALLBACK_S;
+  }
+
+  /** For diagnostics and tests. */
   get peerConnection() { return this.#pc; }
   get video() { return this.#video; }
+  get canvas() { return this.#canvas; }
   get info() { return { ...this.#info }; }
 
   connectedCallback() {
@@ -109,6 +146,7 @@ class PeercamView extends HTMLElement {
   }
 
   #teardown(reason) {
+    clearTimeout(this.#fallbackTimer);
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
@@ -118,6 +156,11 @@ class PeercamView extends HTMLElement {
         ws.close();
       }
     }
+    this.#closePeer();
+  }
+
+  #closePeer() {
+    clearTimeout(this.#fallbackTimer);
     if (this.#pc) {
       this.#pc.close();
       this.#pc = null;
@@ -133,17 +176,26 @@ class PeercamView extends HTMLElement {
 
   #render() {
     const i = this.#info;
-    const v = this.#video;
-    const size = v.videoWidth ? `${v.videoWidth}×${v.videoHeight}` : "—";
-    const lines = [`${i.mode} · ${i.codec} · ${size} · ${i.fps.toFixed(0)} fps`];
+    let size = "—";
+    if (i.mode === "JPEG" && this.#canvas.width && i.framesDrawn) {
+      size = `${this.#canvas.width}×${this.#canvas.height}`;
+    } else if (this.#video.videoWidth) {
+      size = `${this.#video.videoWidth}×${this.#video.videoHeight}`;
+    }
+    const codec = i.mode === "JPEG" ? "" : ` · ${i.codec}`;
+    let line = `${i.mode}${codec} · ${size} · ${i.fps.toFixed(0)} fps`;
+    if (i.latencyMs !== null) line += ` · ${Math.round(i.latencyMs)} ms`;
+    const lines = [line];
+    if (i.fallbackReason) lines.push(`fallback: ${REASON_TEXT[i.fallbackReason] || i.fallbackReason}`);
     if (i.state !== "playing") lines.push(i.error || i.state);
     this.#overlay.textContent = lines.join("\n");
-    this.#overlay.classList.toggle("error", Boolean(i.error));
+    this.#overlay.classList.toggle("error", Boolean(i.error) && i.state !== "playing");
   }
 
   #connect() {
     this.#set({ state: "connecting", error: "" });
     const ws = new WebSocket(this.url);
+    ws.binaryType = "arraybuffer";
     this.#ws = ws;
     ws.onmessage = (event) => this.#onMessage(event);
     ws.onclose = (event) => {
@@ -171,7 +223,10 @@ class PeercamView extends HTMLElement {
   }
 
   async #onMessage(event) {
-    if (typeof event.data !== "string") return;
+    if (typeof event.data !== "string") {
+      this.#onPicture(event.data);
+      return;
+    }
     let msg;
     try {
       msg = JSON.parse(event.data);
@@ -182,7 +237,7 @@ class PeercamView extends HTMLElement {
     log("<", msg.type);
     switch (msg.type) {
       case "config":
-        await this.#startWebRTC(msg);
+        this.#onConfig(msg);
         break;
       case "answer":
         this.#set({ codec: (msg.codec || "").toUpperCase() });
@@ -190,7 +245,12 @@ class PeercamView extends HTMLElement {
         break;
       case "error":
         log("server error", msg.code, msg.message);
-        this.#set({ error: `${msg.code}: ${msg.message}` });
+        if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
+          this.#fallBack(msg.code === "webrtc-disabled" ? "webrtc-disabled" : "offer-error",
+                         `${msg.code}: ${msg.message}`);
+        } else {
+          this.#set({ error: `${msg.code}: ${msg.message}` });
+        }
         break;
       case "bye":
         log("server said bye:", msg.reason);
@@ -200,9 +260,27 @@ class PeercamView extends HTMLElement {
     }
   }
 
+  #onConfig(config) {
+    const modes = config.modes || ["webrtc"];
+    const forced = this.forcedMode;
+    let reason = null;
+    if (forced === "jpeg") reason = "forced";
+    else if (!window.RTCPeerConnection) reason = "no-webrtc";
+    else if (!modes.includes("webrtc")) reason = "webrtc-disabled";
+    else if (forced !== "webrtc") reason = this.#fallbackReason;
+    if (reason && forced !== "webrtc" && modes.includes("jpeg")) {
+      this.#startJpeg(reason);
+      return;
+    }
+    this.#showSnapshot();
+    this.#startWebRTC(config).catch((e) => this.#fallBack("failed", String(e)));
+  }
+
+  // -- WebRTC --------------------------------------------------------------------------------
+
   async #startWebRTC(config) {
     if (!window.RTCPeerConnection) {
-      this.#set({ mode: "none", state: "this browser cannot play WebRTC", error: "no WebRTC" });
+      this.#set({ mode: "none", error: "this browser cannot play WebRTC" });
       return;
     }
     const pc = new RTCPeerConnection({
@@ -210,7 +288,8 @@ class PeercamView extends HTMLElement {
       iceTransportPolicy: config.iceTransportPolicy || "all",
     });
     this.#pc = pc;
-    this.#set({ mode: "WebRTC" });
+    this.#set({ mode: "WebRTC", codec: "—" });
+    this.#video.hidden = false;
     const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
     const wanted = this.preferredCodec;
     if (wanted && transceiver.setCodecPreferences && RTCRtpReceiver.getCapabilities) {
@@ -230,33 +309,132 @@ class PeercamView extends HTMLElement {
     pc.onconnectionstatechange = () => {
       const state = pc.connectionState;
       log("connection", state);
-      if (state === "connected") {
-        this.#retryMs = RECONNECT_MIN_MS;
-        this.#set({ state: "playing", error: "" });
-      } else if (state === "failed") {
-        this.#set({ state: "failed", error: "WebRTC connection failed" });
-      }
+      if (state === "connected") this.#retryMs = RECONNECT_MIN_MS;
+      else if (state === "failed" && pc === this.#pc) this.#fallBack("failed", "WebRTC failed");
     };
+    this.#awaitFirstVideoFrame(pc);
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     this.#send({ type: "offer", sdp: pc.localDescription.sdp });
   }
 
-  async #pollStats() {
-    const pc = this.#pc;
-    if (!pc) return;
-    const stats = await pc.getStats();
-    stats.forEach((report) => {
-      if (report.type === "inbound-rtp" && report.kind === "video") {
-        const now = performance.now();
-        const frames = report.framesDecoded || 0;
-        if (this.#lastFrames.at) {
-          const fps = ((frames - this.#lastFrames.frames) * 1000) / (now - this.#lastFrames.at);
-          this.#info.fps = Math.max(0, fps);
-        }
-        this.#lastFrames = { frames, at: now };
+  #awaitFirstVideoFrame(pc) {
+    const video = this.#video;
+    clearTimeout(this.#fallbackTimer);
+    this.#fallbackTimer = setTimeout(() => {
+      if (pc === this.#pc) this.#fallBack("no-video", "no WebRTC video in time");
+    }, this.fallbackAfter * 1000);
+    const onFrame = () => {
+      if (pc !== this.#pc) return;
+      clearTimeout(this.#fallbackTimer);
+      this.#canvas.hidden = true;
+      this.#set({ state: "playing", error: "" });
+    };
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
+    else video.addEventListener("playing", onFrame, { once: true });
+  }
+
+  #fallBack(reason, detail) {
+    if (this.forcedMode === "webrtc") {
+      this.#set({ state: "failed", error: detail });
+      return;
+    }
+    log("falling back to JPEG:", reason, detail);
+    this.#closePeer();
+    this.#startJpeg(reason);
+  }
+
+  // -- JPEG ----------------------------------------------------------------------------------
+
+  #startJpeg(reason) {
+    this.#fallbackReason = reason === "forced" ? null : reason;
+    this.#video.hidden = true;
+    this.#video.srcObject = null;
+    this.#canvas.hidden = false;
+    this.#set({ mode: "JPEG", codec: "—", fallbackReason: reason, state: "waiting for pictures" });
+    const maxWidth = Math.round(Math.max(screen.width, screen.height) * (devicePixelRatio || 1));
+    this.#send({ type: "jpeg", reason, maxWidth: Math.min(7680, Math.max(160, maxWidth)) });
+  }
+
+  #onPicture(buffer) {
+    // Latest wins: while one picture decodes, only the newest waiting one is kept; a
+    // replaced picture is acknowledged at once so the server's credit never leaks.
+    if (this.#jpeg.busy) {
+      if (this.#jpeg.pending) this.#send({ type: "ack" });
+      this.#jpeg.pending = buffer;
+      return;
+    }
+    this.#drawPicture(buffer);
+  }
+
+  async #drawPicture(buffer) {
+    this.#jpeg.busy = true;
+    try {
+      const view = new DataView(buffer);
+      const captured = view.getFloat64(8);
+      const bitmap = await createImageBitmap(
+        new Blob([new Uint8Array(buffer, JPEG_HEADER_BYTES)], { type: "image/jpeg" }));
+      this.#draw(bitmap);
+      this.#info.framesDrawn += 1;
+      this.#info.latencyMs = Date.now() - captured * 1000;
+      if (this.#info.state !== "playing") this.#set({ state: "playing", error: "" });
+    } catch (e) {
+      log("picture not drawn", e);
+    } finally {
+      this.#send({ type: "ack" });
+      this.#jpeg.busy = false;
+      const next = this.#jpeg.pending;
+      this.#jpeg.pending = null;
+      if (next) this.#drawPicture(next);
+    }
+  }
+
+  #draw(bitmap) {
+    const canvas = this.#canvas;
+    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+    }
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+  }
+
+  async #showSnapshot() {
+    // A first picture at once, while WebRTC negotiates: nobody stares at an empty box.
+    try {
+      const response = await fetch(new URL("/snapshot.jpg", this.url.replace(/^ws/, "http")),
+                                   { cache: "no-store" });
+      if (!response.ok) return;
+      const bitmap = await createImageBitmap(await response.blob());
+      if (this.#info.state === "playing") {
+        bitmap.close();
+        return;
       }
-    });
+      this.#canvas.hidden = false;
+      this.#draw(bitmap);
+    } catch (e) {
+      log("no snapshot", e);
+    }
+  }
+
+  // -- overlay -------------------------------------------------------------------------------
+
+  async #pollStats() {
+    const now = performance.now();
+    let frames = this.#info.framesDrawn;
+    if (this.#info.mode === "WebRTC" && this.#pc) {
+      const stats = await this.#pc.getStats();
+      frames = 0;
+      stats.forEach((report) => {
+        if (report.type === "inbound-rtp" && report.kind === "video") {
+          frames = report.framesDecoded || 0;
+        }
+      });
+    }
+    if (this.#lastCount.at && frames >= this.#lastCount.frames) {
+      this.#info.fps = ((frames - this.#lastCount.frames) * 1000) / (now - this.#lastCount.at);
+    }
+    this.#lastCount = { frames, at: now };
     this.#render();
   }
 }

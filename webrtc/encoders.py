@@ -32,6 +32,7 @@ from av.video.codeccontext import VideoCodecContext
 
 from .frames import CapturedFrame
 from .latest import Latest, LatestClosed
+from .pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -317,54 +318,15 @@ class SharedEncoder:
         }
 
 
-class EncoderPool:
-    """Shared encoders of one source, created for the first viewer and stopped after the last."""
+EncoderPool = Pool[Codec, SharedEncoder]
 
-    def __init__(self, frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None) -> None:
-        self._frames = frames
-        self._fps = fps
-        self._bitrate = bitrate
-        self._encoders: dict[Codec, SharedEncoder] = {}
-        self._users: dict[Codec, int] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-        #: How many encoders were ever started, per codec: observable proof of "encode once".
-        self.started: dict[Codec, int] = {codec: 0 for codec in Codec}
 
-    def acquire(self, codec: Codec) -> SharedEncoder:
-        """The running encoder for ``codec``, started if this is its first user."""
-        encoder = self._encoders.get(codec)
-        if encoder is None or encoder.closed:
-            encoder = SharedEncoder(codec, self._frames, fps=self._fps, bitrate=self._bitrate)
-            encoder.start()
-            self._encoders[codec] = encoder
-            self._users[codec] = 0
-            self.started[codec] += 1
-            logger.info("shared %s encoder started", codec)
-        self._users[codec] += 1
-        return encoder
+def make_encoder_pool(
+    frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
+) -> EncoderPool:
+    """Shared video encoders of one source: one per codec, while it has viewers."""
 
-    def release(self, encoder: SharedEncoder) -> None:
-        """One user fewer; the last one out stops the encoder."""
-        codec = encoder.codec
-        if self._encoders.get(codec) is not encoder:
-            return
-        self._users[codec] -= 1
-        if self._users[codec] <= 0:
-            del self._encoders[codec]
-            del self._users[codec]
-            task = asyncio.get_running_loop().create_task(encoder.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            logger.info("shared %s encoder stopped (no viewers)", codec)
+    def factory(codec: Codec) -> SharedEncoder:
+        return SharedEncoder(codec, frames, fps=fps, bitrate=bitrate)
 
-    def running(self) -> dict[Codec, SharedEncoder]:
-        return dict(self._encoders)
-
-    def users(self, codec: Codec) -> int:
-        return self._users.get(codec, 0)
-
-    async def aclose(self) -> None:
-        encoders = list(self._encoders.values())
-        self._encoders.clear()
-        self._users.clear()
-        await asyncio.gather(*(e.aclose() for e in encoders), *self._closing)
+    return Pool(factory, "shared video encoder")

@@ -115,7 +115,9 @@ class Peer:
                 ),
             )
         )
-        self._track = EncodedVideoTrack(on_stop=manager.encoders.release)
+        self._track = EncodedVideoTrack(
+            on_stop=lambda encoder: manager.encoders.release(encoder.codec, encoder)
+        )
         self._transceiver: RTCRtpTransceiver | None = None
         self.codec: Codec | None = None
         self._connected = asyncio.Event()

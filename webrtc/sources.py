@@ -176,10 +176,13 @@ class TestPatternSource(Source):
         cv2.rectangle(image, (x, y), (x + size, y + size), (255, 255, 255), -1)
         scale = h / 480
         stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        thickness = max(1, round(2 * scale))
         for text, row in ((stamp, 0.2), (f"frame {index}", 0.3), ("peercam", 0.4)):
-            org = (int(w * 0.05), int(h * row))
-            cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4)
-            cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1)
+            (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+            x0, y0 = int(w * 0.05), int(h * row)
+            cv2.rectangle(image, (x0 - 6, y0 - th - 6), (x0 + tw + 6, y0 + base + 4), (0, 0, 0), -1)
+            cv2.putText(image, text, (x0, y0), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
         timebar.stamp(image, int(now * 1000))
         return image
 

@@ -1,0 +1,189 @@
+"""Encode once, for every picture viewer: JPEG at a given quality and size.
+
+A :class:`JpegEncoder` runs while it has users. It takes the source's newest frame, encodes it
+on its own thread and publishes the result into a :class:`Latest`; every consumer (JPEG over
+WebSocket, MJPEG, snapshots, the original system's ``/video``) reads that one result. A slow
+consumer skips pictures; nothing queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy.typing as npt
+
+from .frames import CapturedFrame
+from .latest import Latest, LatestClosed
+from .pool import Pool
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUALITY = 75
+QUALITY_STEP = 5  # qualities are rounded to this step so viewers share encoders
+QUALITY_RANGE = (10, 95)
+
+#: The header before each JPEG in a binary WebSocket message (docs/protocol.md):
+#: magic "PCJ1", sequence (u32), capture time (f64, seconds since the epoch), width, height
+#: (u16), all big-endian. 20 bytes.
+HEADER = struct.Struct(">4sIdHH")
+MAGIC = b"PCJ1"
+
+
+@dataclass(frozen=True, slots=True)
+class JpegKey:
+    """What a JPEG encoder produces: quality and the largest width (0: the source's)."""
+
+    quality: int = DEFAULT_QUALITY
+    max_width: int = 0
+
+    @classmethod
+    def normalized(cls, quality: int | None, max_width: int | None) -> JpegKey:
+        """Round a request to a shared encoder's key, so similar requests share one."""
+        q = DEFAULT_QUALITY if quality is None else quality
+        q = max(QUALITY_RANGE[0], min(QUALITY_RANGE[1], round(q / QUALITY_STEP) * QUALITY_STEP))
+        width = 0 if not max_width else max(160, (max_width // 16) * 16)
+        return cls(q, width)
+
+    def __str__(self) -> str:
+        return f"q{self.quality}" + (f"/w{self.max_width}" if self.max_width else "")
+
+
+BOUNDARY = "peercamframe"
+
+
+@dataclass(frozen=True, slots=True)
+class JpegFrame:
+    """One encoded picture, shared read-only by every consumer.
+
+    Each wire form is made once per picture, not once per viewer: ``message`` (header + JPEG,
+    for the WebSocket) on the encoder's thread; the MJPEG part and the data URL on first use.
+    """
+
+    seq: int
+    data: bytes
+    capture_time: float
+    width: int
+    height: int
+    message: bytes
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def make(cls, seq: int, data: bytes, capture_time: float, width: int, height: int) -> JpegFrame:
+        header = HEADER.pack(MAGIC, seq & 0xFFFFFFFF, capture_time, width, height)
+        return cls(seq, data, capture_time, width, height, header + data)
+
+    def mjpeg_part(self) -> bytes:
+        """One part of a ``multipart/x-mixed-replace`` stream."""
+        part = self._cache.get("mjpeg")
+        if part is None:
+            head = (
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(self.data)}\r\n\r\n"
+            ).encode("ascii")
+            part = self._cache["mjpeg"] = head + self.data + b"\r\n"
+        assert isinstance(part, bytes)
+        return part
+
+    def data_url_message(self) -> str:
+        """``{"img": "data:image/jpeg;base64,…"}``: the original system's /video reply."""
+        text = self._cache.get("data_url")
+        if text is None:
+            encoded = base64.b64encode(self.data).decode("ascii")
+            text = self._cache["data_url"] = '{"img":"data:image/jpeg;base64,' + encoded + '"}'
+        assert isinstance(text, str)
+        return text
+
+
+def encode_jpeg(frame: CapturedFrame, key: JpegKey, seq: int = 0) -> JpegFrame:
+    """Encode ``frame`` (blocking: call off the event loop)."""
+    image: npt.NDArray[Any] = frame.bgr
+    if key.max_width and frame.width > key.max_width:
+        height = max(2, round(frame.height * key.max_width / frame.width))
+        image = cv2.resize(image, (key.max_width, height), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, key.quality])
+    if not ok:
+        raise RuntimeError("cv2.imencode failed")
+    return JpegFrame.make(
+        seq, data.tobytes(), frame.capture_time, int(image.shape[1]), int(image.shape[0])
+    )
+
+
+class JpegEncoder:
+    """Encodes a source's newest frame to JPEG once per frame, while someone wants it."""
+
+    def __init__(self, key: JpegKey, frames: Latest[CapturedFrame]) -> None:
+        self.key = key
+        self._frames = frames
+        self.pictures: Latest[JpegFrame] = Latest()
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-jpeg-{key}")
+        self._closed = False
+        self.encoded = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"peercam-jpeg-{self.key}"
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.pictures.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        after = 0
+        try:
+            while True:
+                after, frame = await self._frames.next(after)
+                picture = await loop.run_in_executor(
+                    self._executor, encode_jpeg, frame, self.key, after
+                )
+                self.encoded += 1
+                self.pictures.publish(picture)
+        except (asyncio.CancelledError, LatestClosed):
+            pass  # normal endings: the last user left, or the source closed
+        except Exception:
+            logger.exception("JPEG encoder %s failed", self.key)
+        finally:
+            # Readers must learn that no more pictures come, whatever happened.
+            self._closed = True
+            self.pictures.close()
+
+
+JpegPool = Pool[JpegKey, JpegEncoder]
+
+
+def make_jpeg_pool(frames: Latest[CapturedFrame]) -> JpegPool:
+    """Shared JPEG encoders of one source: one per quality and size, while it has users."""
+
+    def factory(key: JpegKey) -> JpegEncoder:
+        return JpegEncoder(key, frames)
+
+    return Pool(factory, "JPEG encoder")
+
+
+async def next_picture(pool: JpegPool, key: JpegKey, after: int = 0) -> JpegFrame:
+    """One picture newer than ``after`` from a shared encoder held only for this call."""
+    encoder = pool.acquire(key)
+    try:
+        return (await encoder.pictures.next(after))[1]
+    finally:
+        pool.release(key, encoder)
