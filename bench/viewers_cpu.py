@@ -14,49 +14,18 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench.common import ROOT, cpu_seconds, peercam_server, pin, rss_mb, write_results
 
 logger = logging.getLogger("bench.viewers_cpu")
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _pin(core: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(core)]
-    return []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _viewers(url: str, count: int, codec: str, seconds: float) -> None:
     """Client side: ``count`` viewers; prints READY when all receive, then fps after."""
-    sys.path.insert(0, str(ROOT))
     from tests.aiortc_viewer import AiortcViewer
 
     viewers = [AiortcViewer(url, codec=codec, decode_bar=False) for _ in range(count)]
@@ -75,11 +44,11 @@ async def _viewers(url: str, count: int, codec: str, seconds: float) -> None:
 def _measure(url: str, server_pid: int, count: int, codec: str, window: float) -> dict[str, float]:
     if count == 0:
         time.sleep(2)
-        start = _cpu_seconds(server_pid)
+        start = cpu_seconds(server_pid)
         time.sleep(window)
-        return {"cpu_percent": 100 * (_cpu_seconds(server_pid) - start) / window, "fps_min": 0}
+        return {"cpu_percent": 100 * (cpu_seconds(server_pid) - start) / window, "fps_min": 0}
     client = subprocess.Popen(
-        [*_pin(1), sys.executable, "-m", "bench.viewers_cpu", "--client", url,
+        [*pin(1), sys.executable, "-m", "bench.viewers_cpu", "--client", url,
          "--count", str(count), "--codec", codec, "--window", str(window + 2)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -88,9 +57,9 @@ def _measure(url: str, server_pid: int, count: int, codec: str, window: float) -
         if client.stdout.readline().strip() != "READY":
             raise RuntimeError("viewers did not start")
         time.sleep(1)  # settle: keyframes of the joins are done
-        start, t0 = _cpu_seconds(server_pid), time.monotonic()
+        start, t0 = cpu_seconds(server_pid), time.monotonic()
         time.sleep(window)
-        cpu = 100 * (_cpu_seconds(server_pid) - start) / (time.monotonic() - t0)
+        cpu = 100 * (cpu_seconds(server_pid) - start) / (time.monotonic() - t0)
         line = client.stdout.readline()
         fps = json.loads(line.removeprefix("FPS ")) if line.startswith("FPS ") else [0.0]
     finally:
@@ -112,15 +81,8 @@ def main() -> int:
         asyncio.run(_viewers(args.client, args.count, args.codec, args.window))
         return 0
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [*_pin(0), sys.executable, "server.py", "--source", "test", "--port", str(port),
-         "--ice-address", "127.0.0.1", "--log-level", "WARNING"],
-        cwd=ROOT,
-    )  # fmt: skip
     rows = []
-    try:
-        time.sleep(3)
+    with peercam_server() as (server, port):
         url = f"ws://127.0.0.1:{port}/ws"
         for count in args.counts:
             runs = [
@@ -131,27 +93,22 @@ def main() -> int:
                 "cpu_percent_median": statistics.median(r["cpu_percent"] for r in runs),
                 "cpu_percent_runs": [round(r["cpu_percent"], 1) for r in runs],
                 "fps_min": min(r["fps_min"] for r in runs),
-                "rss_mb": round(_rss_mb(server.pid), 1),
+                "rss_mb": round(rss_mb(server.pid), 1),
             }
             logger.info("%s", row)
             rows.append(row)
-    finally:
-        server.terminate()
-        server.wait(10)
-    stamp = time.strftime("%Y-%m-%d")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"date": stamp, "codec": args.codec, "size": "640x480@30", "cpus": os.cpu_count(),
-            "command": " ".join(sys.argv), "rows": rows}  # fmt: skip
-    (RESULTS / f"viewers_cpu-{args.codec}-{stamp}.json").write_text(json.dumps(meta, indent=2))
-    lines = [f"# Server CPU vs WebRTC viewers ({args.codec}, 640x480@30, {stamp})", "",
-             "| viewers | server CPU, % of one core (median) | runs | min fps | RSS MB |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Server CPU vs WebRTC viewers ({args.codec}, 640x480@30 test pattern)",
+        "",
+        "| viewers | server CPU, % of one core (median) | runs | min fps | RSS MB |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['viewers']} | {r['cpu_percent_median']:.1f} | {r['cpu_percent_runs']} "
             f"| {r['fps_min']:.1f} | {r['rss_mb']} |"
         )
-    (RESULTS / f"viewers_cpu-{args.codec}-{stamp}.md").write_text("\n".join(lines) + "\n")
+    write_results(f"viewers_cpu-{args.codec}", {"codec": args.codec, "rows": rows}, lines)
     print("\n".join(lines))
     return 0
 
