@@ -19,7 +19,7 @@ from signaling.app import create_app
 from signaling.config import Config
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
-from webrtc.ice import IceServer
+from webrtc.ice import IceServer, TurnSecret
 from webrtc.sources import SourceSpec, open_source
 
 logger = logging.getLogger("peercam")
@@ -63,6 +63,29 @@ def _parser() -> argparse.ArgumentParser:
         help="credential for every turn:/turns: server (or PEERCAM_ICE_CREDENTIAL)",
     )
     p.add_argument(
+        "--turn-secret",
+        default=os.environ.get("PEERCAM_TURN_SECRET"),
+        help="shared secret of the TURN server (coturn static-auth-secret): every turn:/turns: "
+        "URL then gets time-limited credentials per viewer (or PEERCAM_TURN_SECRET)",
+    )
+    p.add_argument(
+        "--turn-ttl", type=int, default=86400, help="lifetime of minted TURN credentials, s"
+    )
+    p.add_argument(
+        "--ice-transport-policy",
+        choices=["all", "relay"],
+        default="all",
+        help="relay: the server uses TURN relays only",
+    )
+    p.add_argument(
+        "--ice-advertise",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="also advertise this address for each host candidate (repeatable): the public "
+        "address of a server behind port forwarding or in a container",
+    )
+    p.add_argument(
         "--ice-address",
         action="append",
         default=[],
@@ -75,9 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="serve JPEG pictures only (viewers fall back at once)",
     )
-    p.add_argument(
-        "--jpeg-quality", type=int, default=75, help="JPEG quality of pictures (1-100)"
-    )
+    p.add_argument("--jpeg-quality", type=int, default=75, help="JPEG quality of pictures (1-100)")
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
     p.add_argument(
         "--connect-timeout",
@@ -93,23 +114,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _ice_servers(args: argparse.Namespace) -> tuple[IceServer, ...]:
-    servers = []
-    for url in args.ice_server:
-        turn = url.startswith(("turn:", "turns:"))
-        servers.append(
-            IceServer(
-                urls=(url,),
-                username=args.ice_username if turn else None,
-                credential=args.ice_credential if turn else None,
-            )
+def _ice_servers(args: argparse.Namespace) -> tuple[tuple[IceServer, ...], TurnSecret | None]:
+    """Static STUN/TURN servers, and the TURN URLs whose credentials are minted per viewer."""
+    is_turn = [url.startswith(("turn:", "turns:")) for url in args.ice_server]
+    if args.turn_secret:
+        if args.ice_username or args.ice_credential:
+            raise ValueError("--turn-secret replaces --ice-username/--ice-credential")
+        turn_urls = tuple(u for u, turn in zip(args.ice_server, is_turn, strict=True) if turn)
+        if not turn_urls:
+            raise ValueError("--turn-secret needs at least one --ice-server turn: URL")
+        static = tuple(
+            IceServer((u,)) for u, turn in zip(args.ice_server, is_turn, strict=True) if not turn
         )
-    return tuple(servers)
+        return static, TurnSecret(turn_urls, args.turn_secret, args.turn_ttl)
+    servers = tuple(
+        IceServer(
+            urls=(url,),
+            username=args.ice_username if turn else None,
+            credential=args.ice_credential if turn else None,
+        )
+        for url, turn in zip(args.ice_server, is_turn, strict=True)
+    )
+    return servers, None
 
 
 def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """Flags and environment → a validated :class:`Config`; exits with usage on bad input."""
     try:
+        ice_servers, turn_secret = _ice_servers(args)
         return Config(
             host=args.host,
             port=args.port,
@@ -119,8 +151,11 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             fps=args.fps,
             codecs=(Codec.VP8, Codec.H264) if args.codec == "auto" else (Codec(args.codec),),
             bitrate=args.bitrate,
-            ice_servers=_ice_servers(args),
+            ice_servers=ice_servers,
+            turn_secret=turn_secret,
             ice_addresses=tuple(args.ice_address),
+            ice_advertise=tuple(args.ice_advertise),
+            relay_only=args.ice_transport_policy == "relay",
             max_viewers=args.max_viewers,
             connect_timeout=args.connect_timeout,
             webrtc=args.webrtc,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webrtc.encoders import Codec
-from webrtc.ice import IceServer
+from webrtc.ice import IceServer, TurnSecret
 from webrtc.peers import WebRtcSettings
 from webrtc.sources import SourceSpec
 
@@ -30,7 +30,10 @@ class Config:
     codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
     bitrate: int | None = None
     ice_servers: tuple[IceServer, ...] = ()
+    turn_secret: TurnSecret | None = None
     ice_addresses: tuple[str, ...] = ()
+    ice_advertise: tuple[str, ...] = ()
+    relay_only: bool = False
     max_viewers: int = 50
     connect_timeout: float = 20.0
     webrtc: bool = True
@@ -50,11 +53,20 @@ class Config:
             raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
         if not self.codecs:
             raise ValueError("at least one codec is needed")
-        for address in self.ice_addresses:
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                raise ValueError(f"--ice-address {address!r} is not an IP address") from None
+        for flag, addresses in (
+            ("--ice-address", self.ice_addresses),
+            ("--ice-advertise", self.ice_advertise),
+        ):
+            for address in addresses:
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    raise ValueError(f"{flag} {address!r} is not an IP address") from None
+        if self.relay_only and not (
+            self.turn_secret
+            or any(url.startswith(("turn:", "turns:")) for s in self.ice_servers for url in s.urls)
+        ):
+            raise ValueError("--ice-transport-policy relay needs a TURN server")
         if self.max_viewers < 1:
             raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
         if self.connect_timeout <= 0:
@@ -66,6 +78,9 @@ class Config:
         return WebRtcSettings(
             codecs=self.codecs,
             ice_servers=self.ice_servers,
+            turn_secret=self.turn_secret,
             ice_addresses=self.ice_addresses,
+            advertise_addresses=self.ice_advertise,
+            relay_only=self.relay_only,
             connect_timeout=self.connect_timeout,
         )

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 
 from webrtc.errors import NegotiationError
 from webrtc.jpeg import JpegKey
-from webrtc.peers import Peer
+from webrtc.peers import Peer, ViewerHints
 
 from . import messages
 from .pictures import JpegStream
@@ -29,14 +29,18 @@ WS_MAX_FRAME = 1024 * 1024
 class ViewerSession:
     """The signaling conversation with one viewer."""
 
-    def __init__(self, service: Service, ws: web.WebSocketResponse, remote: str) -> None:
+    def __init__(
+        self, service: Service, ws: web.WebSocketResponse, remote: str, hints: ViewerHints
+    ) -> None:
         self.viewer_id = secrets.token_hex(4)
         self._service = service
         self._ws = ws
         self._remote = remote
+        self._hints = hints
         self._peer: Peer | None = None
         self._watch: asyncio.Task[None] | None = None
         self._jpeg: JpegStream | None = None
+        self._ice_servers = service.config.webrtc_settings().ice_servers_for(self.viewer_id)
 
     async def run(self) -> None:
         config = self._service.config
@@ -46,7 +50,7 @@ class ViewerSession:
             await self._ws.send_str(
                 messages.config_message(
                     viewer_id=self.viewer_id,
-                    ice_servers=[s.to_json() for s in settings.ice_servers],
+                    ice_servers=[s.to_json() for s in self._ice_servers],
                     codecs=[str(c) for c in settings.codecs],
                     ice_transport_policy="relay" if settings.relay_only else "all",
                     modes=["webrtc", "jpeg"] if config.webrtc else ["jpeg"],
@@ -105,9 +109,9 @@ class ViewerSession:
             raise messages.ProtocolError(
                 "unexpected", "this session already has an offer (no renegotiation)", "offer"
             )
-        peer = self._service.peers.create(self.viewer_id)
+        peer = self._service.peers.create(self.viewer_id, self._ice_servers)
         try:
-            answer = await peer.answer(sdp)
+            answer = await peer.answer(sdp, self._hints)
         except NegotiationError as exc:
             await peer.aclose(f"offer refused: {exc}")
             raise messages.ProtocolError(exc.code, str(exc), "offer") from exc
@@ -177,7 +181,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         )
         await ws.close(code=1013, message=b"too many viewers")  # 1013: try again later
         return ws
-    session = ViewerSession(service, ws, request.remote or "?")
+    hints = ViewerHints.from_user_agent(request.headers.get("User-Agent", ""))
+    session = ViewerSession(service, ws, request.remote or "?", hints)
     service.viewers.add(ws)
     try:
         await session.run()

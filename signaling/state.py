@@ -49,10 +49,13 @@ class Service:
                 for p in self.peers.peers()
             ],
             "encoders": {
-                str(codec): running[codec].stats() | {"viewers": self.encoders.users(codec)}
-                for codec in running
+                str(key): running[key].stats() | {"viewers": self.encoders.users(key)}
+                for key in running
             },
-            "encodersStarted": {str(c): self.encoders.started[c] for c in Codec},
+            "encodersStarted": {
+                str(codec): sum(n for key, n in self.encoders.started.items() if key.codec is codec)
+                for codec in Codec
+            },
             "jpeg": {
                 "viewers": self.jpeg_viewers,
                 "mjpegViewers": self.mjpeg_viewers,

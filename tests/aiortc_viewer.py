@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from webrtc import timebar
 from webrtc.ice import announce_only
@@ -31,10 +38,24 @@ class Received:
 class AiortcViewer:
     """Connects to peercam's /ws and receives its video as a browser would."""
 
-    def __init__(self, ws_url: str, *, codec: str | None = None, decode_bar: bool = True) -> None:
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        codec: str | None = None,
+        decode_bar: bool = True,
+        user_agent: str | None = None,
+        ice_servers: list[RTCIceServer] | None = None,
+        use_config_ice_servers: bool = False,
+        relay_only: bool = False,
+    ) -> None:
         self.ws_url = ws_url
         self.codec = codec
         self.decode_bar = decode_bar
+        self.user_agent = user_agent
+        self.ice_servers = ice_servers or []
+        self.use_config_ice_servers = use_config_ice_servers
+        self.relay_only = relay_only
         self.received = Received()
         self.config: dict[str, Any] = {}
         self.answer: dict[str, Any] = {}
@@ -49,11 +70,22 @@ class AiortcViewer:
 
     async def connect(self) -> None:
         """Signal until the answer is applied; raises if the server answers with an error."""
-        self._http = aiohttp.ClientSession()
+        headers = {"User-Agent": self.user_agent} if self.user_agent else {}
+        self._http = aiohttp.ClientSession(headers=headers)
         self.ws = await self._http.ws_connect(self.ws_url)
         self.config = await self.ws.receive_json(timeout=10)
         assert self.config["type"] == "config", self.config
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        ice_servers = list(self.ice_servers)
+        if self.use_config_ice_servers:
+            ice_servers += [RTCIceServer(**s) for s in self.config["iceServers"]]
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=ice_servers,
+                iceTransportPolicy=(
+                    RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
+                ),
+            )
+        )
         self._track = asyncio.get_running_loop().create_future()
         track_future = self._track
 
@@ -118,6 +150,13 @@ class AiortcViewer:
             return {"type": f"<{msg.type.name}>"}
         data: dict[str, Any] = json.loads(msg.data)
         return data
+
+    def selected_local_candidate_type(self) -> str | None:
+        """The type of the local candidate of the nominated ICE pair (aioice internals)."""
+        assert self.pc is not None
+        transport = self.pc.getTransceivers()[0].receiver.transport.transport
+        pair = transport._connection._nominated.get(1)
+        return None if pair is None else str(pair.local_candidate.type)
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -87,9 +87,9 @@ async def test_encoded_frames_decode_back_to_the_pattern(codec: Codec) -> None:
     decoder = av.CodecContext.create("libvpx" if codec is Codec.VP8 else "h264", "r")
     decoded = []
     for frame in out:
-        decoded += decoder.decode(frame.packet)  # type: ignore[arg-type]
+        decoded += decoder.decode(frame.packet)
     assert decoded
-    picture = decoded[-1].to_ndarray(format="bgr24")  # type: ignore[union-attr]
+    picture = decoded[-1].to_ndarray(format="bgr24")
     assert picture.shape == (240, 320, 3)
     assert float(np.mean(picture)) > 40  # colour bars, not a black or grey frame
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import ServerFactory, service_of, ws_url
-from webrtc.encoders import Codec
+from webrtc.encoders import Codec, VideoKey
 
 
 async def _status(server: TestServer) -> dict[str, Any]:
@@ -86,7 +86,7 @@ async def test_viewer_joining_late_decodes_within_one_second(server: TestServer)
         assert late.received.first_frame_at is not None
         join_to_picture = late.received.first_frame_at - started
         assert join_to_picture < 1.0, f"first picture after {join_to_picture:.2f} s"
-        assert service_of(server).encoders.started[Codec.H264] == 1
+        assert service_of(server).encoders.started[VideoKey(Codec.H264)] == 1
     finally:
         await first.close()
         await late.close()

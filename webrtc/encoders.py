@@ -22,9 +22,10 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import av
+import cv2
 from aiortc.codecs.vpx import number_of_threads
 from av.codec.context import CodecContext
 from av.stream import Stream
@@ -73,6 +74,25 @@ def default_bitrate(width: int, height: int, fps: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class VideoKey:
+    """What a shared video encoder produces: a codec, at most ``max_height`` lines tall."""
+
+    codec: Codec
+    max_height: int = 0  # 0: the source's own size
+
+    def __str__(self) -> str:
+        return f"{self.codec}" + (f"/{self.max_height}p" if self.max_height else "")
+
+
+def scaled_size(width: int, height: int, max_height: int) -> tuple[int, int]:
+    """The frame size under ``max_height`` lines, aspect kept, both sides even."""
+    if not max_height or height <= max_height:
+        return width, height
+    new_width = round(width * max_height / height)
+    return new_width - new_width % 2, max_height - max_height % 2
+
+
+@dataclass(frozen=True, slots=True)
 class EncodedFrame:
     """One encoded picture (one access unit), shared read-only by every viewer."""
 
@@ -96,9 +116,11 @@ class SharedEncoder:
     """Encodes a source's newest frame once per frame for every viewer of one codec."""
 
     def __init__(
-        self, codec: Codec, frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
-    ) -> None:
-        self.codec = codec
+        self, key: VideoKey | Codec, frames: Latest[CapturedFrame], *, fps: float,
+        bitrate: int | None,
+    ) -> None:  # fmt: skip
+        self.key = key if isinstance(key, VideoKey) else VideoKey(key)
+        codec = self.codec = self.key.codec
         self._frames = frames
         self._fps = max(1.0, fps)
         self._bitrate = bitrate
@@ -110,6 +132,7 @@ class SharedEncoder:
         # One thread per encoder: codec state is sequential, and a busy encoder of one codec
         # never delays another.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-{codec}")
+        self._size: tuple[int, int] | None = None
         self._context: VideoCodecContext | None = None
         self._frame_count = 0
         self._t0: float | None = None
@@ -234,11 +257,18 @@ class SharedEncoder:
         return context
 
     def _encode(self, frame: CapturedFrame, force_keyframe: bool) -> Packet | None:
+        width, height = scaled_size(frame.width, frame.height, self.key.max_height)
         context = self._context
-        if context is None or context.width != frame.width or context.height != frame.height:
-            context = self._context = self._open(frame.width, frame.height)
+        if context is None or context.width != width or context.height != height:
+            context = self._context = self._open(width, height)
             force_keyframe = True
-        picture = av.VideoFrame.from_ndarray(frame.i420, format="yuv420p")
+        self._size = (width, height)
+        if (width, height) == (frame.width, frame.height):
+            i420: Any = frame.i420
+        else:  # a capped stream (e.g. 720p for iOS): scale once for all its viewers
+            small = cv2.resize(frame.bgr, (width, height), interpolation=cv2.INTER_AREA)
+            i420 = cv2.cvtColor(small, cv2.COLOR_BGR2YUV_I420)
+        picture = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         picture.pts = self._frame_count
         self._frame_count += 1
         picture.pict_type = (
@@ -271,8 +301,8 @@ class SharedEncoder:
                 packet=packet,
                 keyframe=keyframe,
                 capture_time=frame.capture_time,
-                width=frame.width,
-                height=frame.height,
+                width=self._size[0] if self._size else frame.width,
+                height=self._size[1] if self._size else frame.height,
             )
         )
         self.frames_encoded += 1
@@ -311,6 +341,7 @@ class SharedEncoder:
     def stats(self) -> dict[str, int | str | bool]:
         return {
             "codec": str(self.codec),
+            "maxHeight": self.key.max_height,
             "running": not self._closed,
             "framesEncoded": self.frames_encoded,
             "keyframes": self.keyframes,
@@ -318,15 +349,15 @@ class SharedEncoder:
         }
 
 
-EncoderPool = Pool[Codec, SharedEncoder]
+EncoderPool = Pool[VideoKey, SharedEncoder]
 
 
 def make_encoder_pool(
     frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
 ) -> EncoderPool:
-    """Shared video encoders of one source: one per codec, while it has viewers."""
+    """Shared video encoders of one source: one per codec and size, while it has viewers."""
 
-    def factory(codec: Codec) -> SharedEncoder:
-        return SharedEncoder(codec, frames, fps=fps, bitrate=bitrate)
+    def factory(key: VideoKey) -> SharedEncoder:
+        return SharedEncoder(key, frames, fps=fps, bitrate=bitrate)
 
     return Pool(factory, "shared video encoder")

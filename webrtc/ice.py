@@ -9,11 +9,16 @@ lookup once, and the wrapper defers to aioice untouched wherever no choice is in
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
+import hashlib
+import hmac
 import ipaddress
+import re
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
@@ -94,3 +99,64 @@ class IceServer:
         if self.credential is not None:
             data["credential"] = self.credential
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSecret:
+    """Time-limited TURN credentials from a shared secret (the TURN REST API scheme).
+
+    coturn checks them with ``use-auth-secret`` and ``static-auth-secret=SECRET``: the username
+    is ``<expiry unix time>:<label>`` and the password ``base64(HMAC-SHA1(secret, username))``.
+    Each viewer gets its own, valid for ``ttl`` seconds, so no long-lived TURN password ever
+    reaches a browser.
+    """
+
+    urls: tuple[str, ...]
+    secret: str = field(repr=False)
+    ttl: int = 86_400
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("the TURN secret is empty")
+        if self.ttl <= 0:
+            raise ValueError("the TURN credential lifetime must be positive")
+        for url in self.urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"{url!r}: a TURN secret only applies to turn: or turns: URLs")
+
+    def mint(self, label: str, now: float | None = None) -> IceServer:
+        """A TURN server entry with credentials for ``label`` (e.g. the viewer id)."""
+        expiry = int(now if now is not None else time.time()) + self.ttl
+        username = f"{expiry}:{label}"
+        digest = hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()
+        return IceServer(self.urls, username, base64.b64encode(digest).decode("ascii"))
+
+
+def advertise(sdp: str, addresses: Sequence[str]) -> str:
+    """Add, for each host candidate in ``sdp``, the same candidate at each of ``addresses``.
+
+    For a server behind port forwarding or in a container: the viewer also tries the public
+    (forwarded) address with the same port. Priorities are a little lower than the original's,
+    so a direct path wins where both work.
+    """
+    if not addresses:
+        return sdp
+    out: list[str] = []
+    for line in sdp.split("\r\n"):
+        out.append(line)
+        match = _HOST_CANDIDATE.match(line)
+        if match is None:
+            continue
+        for n, address in enumerate(addresses, start=1):
+            out.append(
+                f"a=candidate:{match['foundation']}x{n} {match['component']} {match['transport']}"
+                f" {max(1, int(match['priority']) - n)} {address} {match['port']} typ host"
+                f"{match['rest']}"
+            )
+    return "\r\n".join(out)
+
+
+_HOST_CANDIDATE = re.compile(
+    r"a=candidate:(?P<foundation>\S+) (?P<component>\d+) (?P<transport>\S+) (?P<priority>\d+) "
+    r"(?P<address>\S+) (?P<port>\d+) typ host(?P<rest>.*)$"
+)

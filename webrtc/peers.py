@@ -25,7 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import ice
-from .encoders import Codec, EncoderPool
+from .encoders import Codec, EncoderPool, VideoKey
 from .errors import NegotiationError
 from .tracks import EncodedVideoTrack
 
@@ -40,7 +40,9 @@ class WebRtcSettings:
 
     codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
     ice_servers: tuple[ice.IceServer, ...] = ()
+    turn_secret: ice.TurnSecret | None = None
     ice_addresses: tuple[str, ...] = ()
+    advertise_addresses: tuple[str, ...] = ()
     relay_only: bool = False
     connect_timeout: float = 20.0
 
@@ -50,6 +52,32 @@ class WebRtcSettings:
         if self.connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
 
+    def ice_servers_for(self, viewer_id: str) -> tuple[ice.IceServer, ...]:
+        """The ICE servers one viewer (and its server-side peer) use: static ones, then a
+        TURN entry with credentials minted for this viewer when a TURN secret is set."""
+        if self.turn_secret is None:
+            return self.ice_servers
+        return (*self.ice_servers, self.turn_secret.mint(viewer_id))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerHints:
+    """What the server knows of a viewer's device, from its User-Agent."""
+
+    prefer_h264: bool = False
+    max_height: int = 0  # cap on H.264 height; 0: none
+
+    @classmethod
+    def from_user_agent(cls, user_agent: str) -> ViewerHints:
+        """Safari and every iOS browser (all WebKit) get H.264 first; iOS at most 720p
+        (constrained baseline level 3.1, which its hardware decoder enforces)."""
+        ios = any(d in user_agent for d in ("iPhone", "iPad", "iPod")) or (
+            "Macintosh" in user_agent and "Mobile/" in user_agent  # iPadOS asking for desktop
+        )
+        others = ("Chrome/", "Chromium/", "CriOS/", "FxiOS/", "Edg/", "OPR/", "Android")
+        safari = "Safari/" in user_agent and not any(o in user_agent for o in others)
+        return cls(prefer_h264=ios or safari, max_height=720 if ios or safari else 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -57,11 +85,14 @@ class Answer:
     codec: Codec
 
 
-def _codec_preferences(offer: SessionDescription, allowed: tuple[Codec, ...]) -> list[Any]:
+def _codec_preferences(
+    offer: SessionDescription, allowed: tuple[Codec, ...], *, prefer_h264: bool = False
+) -> list[Any]:
     """The allowed codecs in the order the viewer prefers them, then RTX.
 
-    The viewer's order wins (a page may prefer H.264 with setCodecPreferences); codecs the
-    server does not allow are left out.
+    The viewer's order wins (a page may prefer H.264 with setCodecPreferences), except that
+    H.264 goes first for viewers that decode it best (Safari, iOS); codecs the server does not
+    allow are left out.
     """
     capabilities = RTCRtpSender.getCapabilities("video").codecs
     order: list[Codec] = []
@@ -75,6 +106,9 @@ def _codec_preferences(offer: SessionDescription, allowed: tuple[Codec, ...]) ->
                 continue
             if ours in allowed and ours not in order:
                 order.append(ours)
+    if prefer_h264 and Codec.H264 in order:
+        order.remove(Codec.H264)
+        order.insert(0, Codec.H264)
     preferences: list[RTCRtpCodecCapability] = []
     for codec in order:
         for capability in capabilities:
@@ -100,14 +134,16 @@ def _negotiated_codec(transceiver: RTCRtpTransceiver, answer_sdp: str) -> Codec:
 class Peer:
     """One viewer's WebRTC session."""
 
-    def __init__(self, manager: PeerManager, viewer_id: str) -> None:
+    def __init__(
+        self, manager: PeerManager, viewer_id: str, ice_servers: tuple[ice.IceServer, ...]
+    ) -> None:
         self.viewer_id = viewer_id
         self._manager = manager
         settings = manager.settings
         self._pc = RTCPeerConnection(
             RTCConfiguration(
                 # Always a list: None would make aiortc add a public STUN server of its own.
-                iceServers=[s.to_aiortc() for s in settings.ice_servers],
+                iceServers=[s.to_aiortc() for s in ice_servers],
                 iceTransportPolicy=(
                     RTCIceTransportPolicy.RELAY
                     if settings.relay_only
@@ -116,7 +152,7 @@ class Peer:
             )
         )
         self._track = EncodedVideoTrack(
-            on_stop=lambda encoder: manager.encoders.release(encoder.codec, encoder)
+            on_stop=lambda encoder: manager.encoders.release(encoder.key, encoder)
         )
         self._transceiver: RTCRtpTransceiver | None = None
         self.codec: Codec | None = None
@@ -145,7 +181,7 @@ class Peer:
             self.close_reason = self.close_reason or f"connection {state}"
             self._ended.set()
 
-    async def answer(self, offer_sdp: str) -> Answer:
+    async def answer(self, offer_sdp: str, hints: ViewerHints | None = None) -> Answer:
         """Apply the viewer's offer and make the answer, with every server candidate in it.
 
         Raises:
@@ -153,13 +189,16 @@ class Peer:
         """
         if self._transceiver is not None:
             raise NegotiationError("unexpected", "this session already has an offer")
+        hints = hints or ViewerHints()
         try:
             parsed = SessionDescription.parse(offer_sdp)
         except Exception as exc:  # aiortc's parser raises whatever the text provokes
             raise NegotiationError("invalid-sdp", f"the offer does not parse: {exc}") from exc
         if not any(m.kind == "video" for m in parsed.media):
             raise NegotiationError("invalid-sdp", "the offer has no video section")
-        preferences = _codec_preferences(parsed, self._manager.settings.codecs)
+        preferences = _codec_preferences(
+            parsed, self._manager.settings.codecs, prefer_h264=hints.prefer_h264
+        )
         if not any(p.mimeType.lower() != "video/rtx" for p in preferences):
             allowed = ", ".join(c.mime_type for c in self._manager.settings.codecs)
             raise NegotiationError("no-codec", f"the offer has none of the codecs {allowed}")
@@ -175,7 +214,9 @@ class Peer:
             raise NegotiationError("invalid-sdp", f"the offer was refused: {exc}") from exc
         local = self._pc.localDescription
         self.codec = _negotiated_codec(self._transceiver, local.sdp)
-        self._track.attach(self._manager.encoders.acquire(self.codec))
+        answer_sdp = ice.advertise(local.sdp, self._manager.settings.advertise_addresses)
+        max_height = hints.max_height if self.codec is Codec.H264 else 0
+        self._track.attach(self._manager.encoders.acquire(VideoKey(self.codec, max_height)))
         # aiortc answers a PLI/FIR by flagging its own (unused) encoder: route it to the
         # shared encoder instead, which rate-limits IDRs for everyone.
         self._transceiver.sender._send_keyframe = self._track.request_keyframe  # type: ignore[method-assign]
@@ -183,7 +224,7 @@ class Peer:
             self._supervise(), name=f"peercam-peer-{self.viewer_id}"
         )
         logger.info("viewer %s: WebRTC answered with %s", self.viewer_id, self.codec)
-        return Answer(sdp=local.sdp, codec=self.codec)
+        return Answer(sdp=answer_sdp, codec=self.codec)
 
     async def add_candidate(
         self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None
@@ -269,8 +310,10 @@ class PeerManager:
     encoders: EncoderPool
     _peers: set[Peer] = field(default_factory=set)
 
-    def create(self, viewer_id: str) -> Peer:
-        peer = Peer(self, viewer_id)
+    def create(self, viewer_id: str, ice_servers: tuple[ice.IceServer, ...] | None = None) -> Peer:
+        if ice_servers is None:
+            ice_servers = self.settings.ice_servers_for(viewer_id)
+        peer = Peer(self, viewer_id, ice_servers)
         self._peers.add(peer)
         return peer
 
@@ -283,5 +326,15 @@ class PeerManager:
     def peers(self) -> list[Peer]:
         return list(self._peers)
 
-    async def aclose(self) -> None:
-        await asyncio.gather(*(p.aclose("server shutting down") for p in list(self._peers)))
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Close every peer; give up waiting after ``timeout`` (a peer whose TURN server is
+        gone takes aioice a minute of retransmissions to release its allocation)."""
+        peers = list(self._peers)
+        if not peers:
+            return
+        closing = [asyncio.ensure_future(p.aclose("server shutting down")) for p in peers]
+        _done, pending = await asyncio.wait(closing, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("%d peers did not close within %g s", len(pending), timeout)
