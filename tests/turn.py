@@ -54,13 +54,12 @@ async def coturn(
     port = _free_port()
     relay_base = 40000 + (port % 200) * 100
     workdir = Path(tempfile.mkdtemp(prefix="peercam-turn-"))
-    auth = (
-        ["--use-auth-secret", f"--static-auth-secret={secret}"]
-        if secret
-        else ["--lt-cred-mech", f"--user={user[0]}:{user[1]}"]
-        if user
-        else []
-    )
+    if secret:
+        auth = ["--use-auth-secret", f"--static-auth-secret={secret}"]
+    elif user:
+        auth = ["--lt-cred-mech", f"--user={user[0]}:{user[1]}"]
+    else:
+        auth = []
     process = await asyncio.create_subprocess_exec(
         TURNSERVER, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
         f"--listening-port={port}", *auth, f"--realm={REALM}", "--fingerprint", "--no-tls",
@@ -85,7 +84,8 @@ async def coturn(
                 writer.close()
                 await writer.wait_closed()
                 break
-        yield Turn(port, *(user or (None, None)), secret=secret)
+        username, password = user if user else (None, None)
+        yield Turn(port, username=username, password=password, secret=secret)
     finally:
         drain.cancel()
         if process.returncode is None:
