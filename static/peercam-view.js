@@ -22,10 +22,23 @@ const TEMPLATE = `
              pointer-events: none; white-space: pre; max-width: calc(100% - 32px);
              overflow: hidden; text-overflow: ellipsis; }
   .overlay.error { background: rgba(160, 0, 0, 0.75); }
+  button { font: 600 15px/1 system-ui, -apple-system, sans-serif; color: #fff;
+           background: rgba(0, 0, 0, 0.55); border: 1px solid rgba(255, 255, 255, 0.4);
+           border-radius: 6px; min-width: 44px; min-height: 44px; padding: 0 12px;
+           cursor: pointer; touch-action: manipulation; display: grid; place-items: center; }
+  .fullscreen { position: absolute; right: max(8px, env(safe-area-inset-right));
+                bottom: max(8px, env(safe-area-inset-bottom)); }
+  .play { position: absolute; left: 50%; top: 50%; transform: translate(-50%, -50%);
+          font-size: 18px; padding: 0 20px; min-height: 56px; }
 </style>
 <video autoplay muted playsinline disablepictureinpicture></video>
 <canvas hidden></canvas>
 <div class="overlay" part="overlay">connecting…</div>
+<button class="play" part="play" hidden>Tap to play</button>
+<button class="fullscreen" part="fullscreen" title="Full screen" aria-label="Full screen">
+  <svg width="20" height="20" viewBox="0 0 20 20" fill="none" stroke="currentColor"
+       stroke-width="2" aria-hidden="true"><path d="M2 7V2h5M13 2h5v5M18 13v5h-5M7 18H2v-5"/></svg>
+</button>
 `;
 
 function log(...args) {
@@ -73,6 +86,8 @@ class PeercamView extends HTMLElement {
             fallbackReason: null, framesDrawn: 0 };
   #lastCount = { frames: 0, at: 0 };
   #jpeg = { busy: false, pending: null };
+  #wakeLock = null;
+  #playButton;
   #onVisibility = () => (document.hidden ? this.#stop() : this.#start());
 
   constructor() {
@@ -82,7 +97,14 @@ class PeercamView extends HTMLElement {
     this.#video = root.querySelector("video");
     this.#canvas = root.querySelector("canvas");
     this.#overlay = root.querySelector(".overlay");
+    this.#playButton = root.querySelector(".play");
     this.#video.addEventListener("resize", () => this.#render());
+    // Autoplay refused (power saving, an old browser): one tap starts it.
+    this.#playButton.addEventListener("click", () => {
+      this.#playButton.hidden = true;
+      this.#video.play().catch((e) => log("play refused", e));
+    });
+    root.querySelector(".fullscreen").addEventListener("click", () => this.#toggleFullscreen());
   }
 
   /** The WebSocket URL: the `src` attribute, or /ws on this page's server. */
@@ -114,6 +136,12 @@ class PeercamView extends HTMLElement {
     return value > 0 ? value : DEFAULT_FALLBACK_S;
   }
 
+  /** Ask for ICE relays only (?relay=1): diagnoses whether TURN works from this network. */
+  get relayOnly() {
+    const value = this.#param("relay");
+    return value === "1" || value === "true";
+  }
+
   /** For diagnostics and tests. */
   get peerConnection() { return this.#pc; }
   get video() { return this.#video; }
@@ -143,6 +171,7 @@ class PeercamView extends HTMLElement {
     clearInterval(this.#statsTimer);
     this.#retryTimer = this.#statsTimer = null;
     this.#teardown("bye");
+    this.#releaseWakeLock();
   }
 
   #teardown(reason) {
@@ -285,7 +314,7 @@ class PeercamView extends HTMLElement {
     }
     const pc = new RTCPeerConnection({
       iceServers: config.iceServers || [],
-      iceTransportPolicy: config.iceTransportPolicy || "all",
+      iceTransportPolicy: this.relayOnly ? "relay" : config.iceTransportPolicy || "all",
     });
     this.#pc = pc;
     this.#set({ mode: "WebRTC", codec: "—" });
@@ -304,7 +333,10 @@ class PeercamView extends HTMLElement {
     };
     pc.ontrack = ({ track, streams }) => {
       this.#video.srcObject = streams[0] || new MediaStream([track]);
-      this.#video.play().catch((e) => log("autoplay refused", e));
+      this.#video.play().catch((e) => {
+        log("autoplay refused", e);
+        this.#playButton.hidden = false;
+      });
     };
     pc.onconnectionstatechange = () => {
       const state = pc.connectionState;
@@ -328,7 +360,9 @@ class PeercamView extends HTMLElement {
       if (pc !== this.#pc) return;
       clearTimeout(this.#fallbackTimer);
       this.#canvas.hidden = true;
+      this.#playButton.hidden = true;
       this.#set({ state: "playing", error: "" });
+      this.#keepAwake();
     };
     if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
     else video.addEventListener("playing", onFrame, { once: true });
@@ -377,7 +411,10 @@ class PeercamView extends HTMLElement {
       this.#draw(bitmap);
       this.#info.framesDrawn += 1;
       this.#info.latencyMs = Date.now() - captured * 1000;
-      if (this.#info.state !== "playing") this.#set({ state: "playing", error: "" });
+      if (this.#info.state !== "playing") {
+        this.#set({ state: "playing", error: "" });
+        this.#keepAwake();
+      }
     } catch (e) {
       log("picture not drawn", e);
     } finally {
@@ -414,6 +451,34 @@ class PeercamView extends HTMLElement {
       this.#draw(bitmap);
     } catch (e) {
       log("no snapshot", e);
+    }
+  }
+
+  // -- phone comforts -----------------------------------------------------------------------
+
+  async #keepAwake() {
+    // A surveillance view should not let the screen sleep; where the browser allows it.
+    if (this.#wakeLock || !navigator.wakeLock || document.hidden) return;
+    try {
+      this.#wakeLock = await navigator.wakeLock.request("screen");
+      this.#wakeLock.addEventListener("release", () => { this.#wakeLock = null; });
+    } catch (e) {
+      log("no wake lock", e);
+    }
+  }
+
+  #releaseWakeLock() {
+    if (this.#wakeLock) this.#wakeLock.release().catch(() => {});
+    this.#wakeLock = null;
+  }
+
+  #toggleFullscreen() {
+    if (document.fullscreenElement) {
+      document.exitFullscreen().catch(() => {});
+    } else if (this.requestFullscreen) {
+      this.requestFullscreen().catch((e) => log("no fullscreen", e));
+    } else if (this.#video.webkitEnterFullscreen) {
+      this.#video.webkitEnterFullscreen(); // iPhone Safari: only the video can go full screen
     }
   }
 
