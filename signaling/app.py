@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
 
@@ -26,9 +26,12 @@ async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-async def _capture_page(request: web.Request) -> web.StreamResponse:
-    config = request.app[Service.KEY].config
-    return web.FileResponse(config.static_dir / "capture.html")
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        config = request.app[Service.KEY].config
+        return web.FileResponse(config.static_dir / name, headers={"Cache-Control": "no-cache"})
+
+    return handler
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -55,13 +58,14 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     )
     app = web.Application()
     app[Service.KEY] = service
-    app.router.add_get("/", _index)
+    app.router.add_get("/", _page("index.html"))
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/status", _status)
     app.router.add_get("/snapshot.jpg", snapshot_handler)
     app.router.add_get("/stream.mjpg", mjpeg_handler)
     app.router.add_get("/video", legacy_video_handler)
-    app.router.add_get("/capture", _capture_page)
+    app.router.add_get("/capture", _page("capture.html"))
+    app.router.add_get("/check", _page("check.html"))
     app.router.add_static("/static/", config.static_dir, append_version=False)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
