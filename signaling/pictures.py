@@ -153,7 +153,7 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
     asking every 10 ms builds no backlog and starves nobody.
     """
     service = request.app[Service.KEY]
-    ws = web.WebSocketResponse(max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0)
+    ws = web.WebSocketResponse(max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0, compress=False)
     await ws.prepare(request)
     key = JpegKey.normalized(service.config.jpeg_quality, None)
     encoder = service.jpeg.acquire(key)

@@ -170,7 +170,9 @@ class ViewerSession:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[Service.KEY]
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=WS_MAX_FRAME)
+    # No per-message deflate: JPEG pictures do not compress, and deflating them per viewer
+    # would undo "encode once".
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=WS_MAX_FRAME, compress=False)
     await ws.prepare(request)
     if len(service.viewers) >= service.config.max_viewers:
         await ws.send_str(

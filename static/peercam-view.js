@@ -277,12 +277,18 @@ class PeercamView extends HTMLElement {
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
           this.#fallBack(msg.code === "webrtc-disabled" ? "webrtc-disabled" : "offer-error",
                          `${msg.code}: ${msg.message}`);
-        } else {
+        } else if (this.#info.state !== "failed") {
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
         break;
       case "bye":
         log("server said bye:", msg.reason);
+        // The server gave up on a WebRTC session that never played (ICE found no path):
+        // the reconnect goes straight to JPEG instead of trying the same thing forever.
+        if (this.#info.mode === "WebRTC" && this.#info.state !== "playing" &&
+            this.forcedMode !== "webrtc") {
+          this.#fallbackReason = "failed";
+        }
         break;
       default:
         log("ignoring message type", msg.type);
@@ -370,7 +376,9 @@ class PeercamView extends HTMLElement {
 
   #fallBack(reason, detail) {
     if (this.forcedMode === "webrtc") {
-      this.#set({ state: "failed", error: detail });
+      // Forced WebRTC: stop here and keep the first cause on screen.
+      this.#closePeer();
+      if (this.#info.state !== "failed") this.#set({ state: "failed", error: detail });
       return;
     }
     log("falling back to JPEG:", reason, detail);

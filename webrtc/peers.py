@@ -162,6 +162,7 @@ class Peer:
         self.close_reason: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._remote_candidates = 0
         self._pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -241,6 +242,12 @@ class Peer:
         if sdp_mline_index is not None and sdp_mline_index != 0:
             raise NegotiationError("invalid-candidate", f"unknown sdpMLineIndex {sdp_mline_index}")
         if not candidate:
+            if self._remote_candidates == 0:
+                # Browsers that announce no candidate of their own (loopback, mDNS off) are
+                # learnt from their first check as peer-reflexive; an end-of-candidates that
+                # comes before that check would make aioice fail at once with no pairs. The
+                # connect timeout still ends a peer that never connects.
+                return
             parsed = None
         else:
             text = candidate.removeprefix("candidate:")
@@ -252,6 +259,7 @@ class Peer:
                 ) from exc
             parsed.sdpMid = self._transceiver.mid
             parsed.sdpMLineIndex = 0
+            self._remote_candidates += 1
         try:
             await self._pc.addIceCandidate(parsed)
         except Exception as exc:
@@ -261,9 +269,17 @@ class Peer:
 
     async def _supervise(self) -> None:
         timeout = self._manager.settings.connect_timeout
+        connected = asyncio.ensure_future(self._connected.wait())
+        ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except TimeoutError:
+            # Connected, or failed/closed before that, or neither in time.
+            await asyncio.wait((connected, ended), timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            connected.cancel()
+            ended.cancel()
+        if self._ended.is_set():
+            logger.info("viewer %s: %s before connecting", self.viewer_id, self.close_reason)
+        elif not self._connected.is_set():
             self.close_reason = f"not connected within {timeout:g} s"
             logger.info("viewer %s: %s", self.viewer_id, self.close_reason)
         else:

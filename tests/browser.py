@@ -1,0 +1,51 @@
+"""Headless Chromium for the browser tests: Debian's binary driven by Playwright (docs/TESTING §3).
+
+Never ``playwright install``: the tests use the system Chromium, chosen by ``PEERCAM_CHROMIUM``
+(default ``/usr/bin/chromium``). A missing browser fails the tests; it does not skip them, so a
+CI image without Chromium cannot pass by testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Playwright
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Without this Chromium gathers no ICE candidates on loopback.
+    "--allow-loopback-in-peer-connection",
+    # Without this it hides its host candidates behind mDNS names and never connects.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+)
+
+
+def chromium_path() -> Path:
+    """The Chromium executable to drive; fails the calling test if there is none."""
+    path = Path(os.environ.get("PEERCAM_CHROMIUM") or DEFAULT_CHROMIUM)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"Chromium not found at {path}: install Debian's chromium "
+            "(apt-get install --no-install-recommends chromium) or set PEERCAM_CHROMIUM "
+            "to a Chromium executable. Do not use `playwright install`.",
+            pytrace=False,
+        )
+    return path
+
+
+async def launch_chromium(playwright: Playwright) -> Browser:
+    """Launch headless Chromium with the flags loopback WebRTC needs."""
+    return await playwright.chromium.launch(
+        executable_path=chromium_path(), headless=True, args=list(CHROMIUM_ARGS)
+    )
