@@ -16,11 +16,11 @@ const TEMPLATE = `
                   object-fit: contain; background: transparent; }
   [hidden] { display: none !important; }
   .overlay { position: absolute; left: max(8px, env(safe-area-inset-left));
-             top: max(8px, env(safe-area-inset-top)); padding: 4px 8px; border-radius: 4px;
+             bottom: max(8px, env(safe-area-inset-bottom)); padding: 4px 8px; border-radius: 4px;
              background: rgba(0, 0, 0, 0.55); color: #fff;
              font: 13px/1.4 system-ui, -apple-system, sans-serif;
-             pointer-events: none; white-space: pre; max-width: calc(100% - 32px);
-             overflow: hidden; text-overflow: ellipsis; }
+             pointer-events: none; white-space: pre;
+             overflow: hidden; text-overflow: ellipsis; max-width: calc(100% - 80px); }
   .overlay.error { background: rgba(160, 0, 0, 0.75); }
   button { font: 600 15px/1 system-ui, -apple-system, sans-serif; color: #fff;
            background: rgba(0, 0, 0, 0.55); border: 1px solid rgba(255, 255, 255, 0.4);

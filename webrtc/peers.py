@@ -162,7 +162,6 @@ class Peer:
         self.close_reason: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
-        self._remote_candidates = 0
         self._pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -230,7 +229,7 @@ class Peer:
     async def add_candidate(
         self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None
     ) -> None:
-        """Add a trickled remote candidate; None (or "") marks the end of candidates.
+        """Add a trickled remote candidate; None (or "") marks the end of candidates (ignored).
 
         Raises:
             NegotiationError: no offer yet, or the candidate is malformed.
@@ -242,24 +241,19 @@ class Peer:
         if sdp_mline_index is not None and sdp_mline_index != 0:
             raise NegotiationError("invalid-candidate", f"unknown sdpMLineIndex {sdp_mline_index}")
         if not candidate:
-            if self._remote_candidates == 0:
-                # Browsers that announce no candidate of their own (loopback, mDNS off) are
-                # learnt from their first check as peer-reflexive; an end-of-candidates that
-                # comes before that check would make aioice fail at once with no pairs. The
-                # connect timeout still ends a peer that never connects.
-                return
-            parsed = None
-        else:
-            text = candidate.removeprefix("candidate:")
-            try:
-                parsed = candidate_from_sdp(text)
-            except Exception as exc:
-                raise NegotiationError(
-                    "invalid-candidate", f"the candidate does not parse: {exc}"
-                ) from exc
-            parsed.sdpMid = self._transceiver.mid
-            parsed.sdpMLineIndex = 0
-            self._remote_candidates += 1
+            # End-of-candidates is not passed on: aioice would then fail at once if the
+            # browser's only usable address is still to be learnt from its first check
+            # (peer-reflexive: loopback, mDNS names, LAN addresses that cannot pair). A peer
+            # that never connects is ended by the connect timeout instead.
+            return
+        try:
+            parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
+        except Exception as exc:
+            raise NegotiationError(
+                "invalid-candidate", f"the candidate does not parse: {exc}"
+            ) from exc
+        parsed.sdpMid = self._transceiver.mid
+        parsed.sdpMLineIndex = 0
         try:
             await self._pc.addIceCandidate(parsed)
         except Exception as exc:

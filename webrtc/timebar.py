@@ -4,7 +4,7 @@ The bar is 64 blocks along the top edge: 48 bits of the capture time in millisec
 epoch, then a 16-bit check word (CRC-32 of those 6 bytes, low 16 bits), most significant bit
 first, white for 1. A receiver decodes it from the picture it shows and subtracts from its own
 clock: that is glass-to-glass latency, honestly measured, for any kind of client. The check word
-rejects bars damaged by compression. ``static/peercam-view.js`` has the same decoder in JS.
+rejects bars damaged by compression. The browser tests carry the same decoder in JS.
 """
 
 from __future__ import annotations
