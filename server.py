@@ -159,6 +159,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             max_viewers=args.max_viewers,
             connect_timeout=args.connect_timeout,
             webrtc=args.webrtc,
+            per_viewer_encoding=args.encoder == "per-viewer",
             jpeg_quality=args.jpeg_quality,
         )
     except (ValueError, SourceError) as exc:

@@ -54,7 +54,7 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
         source=source,
         encoders=encoders,
         jpeg=make_jpeg_pool(source.frames),
-        peers=PeerManager(config.webrtc_settings(), encoders),
+        peers=PeerManager(config.webrtc_settings(), encoders, source.frames),
     )
     app = web.Application()
     app[Service.KEY] = service

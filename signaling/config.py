@@ -37,6 +37,7 @@ class Config:
     max_viewers: int = 50
     connect_timeout: float = 20.0
     webrtc: bool = True
+    per_viewer_encoding: bool = False
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
 
@@ -82,5 +83,6 @@ class Config:
             ice_addresses=self.ice_addresses,
             advertise_addresses=self.ice_advertise,
             relay_only=self.relay_only,
+            per_viewer_encoding=self.per_viewer_encoding,
             connect_timeout=self.connect_timeout,
         )

@@ -30,7 +30,7 @@ async def _run(*args: str) -> asyncio.subprocess.Process:
 
 async def _read_until(process: asyncio.subprocess.Process, needle: str) -> str:
     assert process.stdout is not None
-    seen = []
+    seen: list[str] = []
     async with asyncio.timeout(30):
         while True:
             line = (await process.stdout.readline()).decode()

@@ -185,3 +185,18 @@ async def test_viewer_without_an_allowed_codec_gets_an_error(make_server: Server
         assert len(service_of(server).peers) == 0
     finally:
         await viewer.close()
+
+
+async def test_per_viewer_encoding_mode_still_works_for_comparison(
+    make_server: ServerFactory,
+) -> None:
+    """The benchmark's baseline (aiortc encoding per viewer) must be a working server too."""
+    server = await make_server(per_viewer_encoding=True)
+    viewers = [AiortcViewer(ws_url(server), codec="vp8") for _ in range(2)]
+    try:
+        await asyncio.gather(*(v.connect() for v in viewers))
+        await asyncio.gather(*(v.wait_frames(20, timeout=20) for v in viewers))
+        assert all(v.received.stamped >= 15 for v in viewers)
+        assert service_of(server).encoders.started.total() == 0
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))

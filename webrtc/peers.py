@@ -27,7 +27,9 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from . import ice
 from .encoders import Codec, EncoderPool, VideoKey
 from .errors import NegotiationError
-from .tracks import EncodedVideoTrack
+from .frames import CapturedFrame
+from .latest import Latest
+from .tracks import EncodedVideoTrack, RawVideoTrack
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class WebRtcSettings:
     advertise_addresses: tuple[str, ...] = ()
     relay_only: bool = False
     connect_timeout: float = 20.0
+    #: aiortc's usual way, one encoder per viewer: kept only to measure what sharing saves.
+    per_viewer_encoding: bool = False
 
     def __post_init__(self) -> None:
         if not self.codecs:
@@ -151,9 +155,13 @@ class Peer:
                 ),
             )
         )
-        self._track = EncodedVideoTrack(
-            on_stop=lambda encoder: manager.encoders.release(encoder.key, encoder)
-        )
+        self._track: EncodedVideoTrack | RawVideoTrack
+        if settings.per_viewer_encoding:
+            self._track = RawVideoTrack(manager.frames)
+        else:
+            self._track = EncodedVideoTrack(
+                on_stop=lambda encoder: manager.encoders.release(encoder.key, encoder)
+            )
         self._transceiver: RTCRtpTransceiver | None = None
         self.codec: Codec | None = None
         self._connected = asyncio.Event()
@@ -215,11 +223,12 @@ class Peer:
         local = self._pc.localDescription
         self.codec = _negotiated_codec(self._transceiver, local.sdp)
         answer_sdp = ice.advertise(local.sdp, self._manager.settings.advertise_addresses)
-        max_height = hints.max_height if self.codec is Codec.H264 else 0
-        self._track.attach(self._manager.encoders.acquire(VideoKey(self.codec, max_height)))
-        # aiortc answers a PLI/FIR by flagging its own (unused) encoder: route it to the
-        # shared encoder instead, which rate-limits IDRs for everyone.
-        self._transceiver.sender._send_keyframe = self._track.request_keyframe  # type: ignore[method-assign]
+        if isinstance(self._track, EncodedVideoTrack):
+            max_height = hints.max_height if self.codec is Codec.H264 else 0
+            self._track.attach(self._manager.encoders.acquire(VideoKey(self.codec, max_height)))
+            # aiortc answers a PLI/FIR by flagging its own (unused) encoder: route it to the
+            # shared encoder instead, which rate-limits IDRs for everyone.
+            self._transceiver.sender._send_keyframe = self._track.request_keyframe  # type: ignore[method-assign]
         self._supervisor = asyncio.get_running_loop().create_task(
             self._supervise(), name=f"peercam-peer-{self.viewer_id}"
         )
@@ -318,6 +327,7 @@ class PeerManager:
 
     settings: WebRtcSettings
     encoders: EncoderPool
+    frames: Latest[CapturedFrame]
     _peers: set[Peer] = field(default_factory=set)
 
     def create(self, viewer_id: str, ice_servers: tuple[ice.IceServer, ...] | None = None) -> Peer:

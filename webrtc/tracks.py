@@ -6,9 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .encoders import EncoderClosed, FellBehind, Packet, SharedEncoder
+from .encoders import TIME_BASE, VIDEO_CLOCK, EncoderClosed, FellBehind, Packet, SharedEncoder
+from .frames import CapturedFrame
+from .latest import Latest, LatestClosed
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +84,36 @@ class EncodedVideoTrack(MediaStreamTrack):
         if self.readyState == "live" and self._encoder is not None and self._on_stop:
             self._on_stop(self._encoder)
         super().stop()
+
+
+class RawVideoTrack(MediaStreamTrack):
+    """Returns raw frames, so aiortc encodes them itself, once per viewer.
+
+    Only for comparison (``--encoder per-viewer``): this is how aiortc is usually used, and
+    what the shared encoder exists to beat.
+    """
+
+    kind = "video"
+
+    def __init__(self, frames: Latest[CapturedFrame]) -> None:
+        super().__init__()
+        self._frames = frames
+        self._after = 0
+        self._t0: float | None = None
+        self.frames_sent = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            self._after, frame = await self._frames.next(self._after)
+        except LatestClosed:
+            self.stop()
+            raise MediaStreamError from None
+        picture = av.VideoFrame.from_ndarray(frame.i420, format="yuv420p")
+        if self._t0 is None:
+            self._t0 = frame.monotonic
+        picture.pts = round((frame.monotonic - self._t0) * VIDEO_CLOCK)
+        picture.time_base = TIME_BASE
+        self.frames_sent += 1
+        return picture
