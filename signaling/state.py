@@ -14,6 +14,7 @@ from webrtc.peers import PeerManager
 from webrtc.sources import Source
 
 from .config import Config
+from .monitor import LoopLagMonitor
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Service:
     mjpeg_viewers: int = 0
     #: Why viewers fell back from WebRTC to JPEG, as they reported it.
     fallbacks: Counter[str] = field(default_factory=Counter)
+    loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
 
     def status(self) -> dict[str, object]:
         running = self.encoders.running()
@@ -67,6 +69,7 @@ class Service:
                 "encodersStarted": sum(self.jpeg.started.values()),
             },
             "fallbacks": dict(self.fallbacks),
+            "loopLagMs": self.loop_lag.summary(),
         }
 
 
