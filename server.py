@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import ifaddr
 from aiohttp import web
 
+from signaling import tls
 from signaling.app import create_app
 from signaling.config import Config
+from signaling.security import generate_token, normalize_origin
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, TurnSecret
@@ -39,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="capture width (camera 1280, test pattern 640)")
     p.add_argument("--height", type=int, help="capture height (camera 720, test pattern 480)")
     p.add_argument("--fps", type=float, help="frames per second (camera and test pattern 30)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument(
+        "--host",
+        help="address to listen on (default: all interfaces with access control, "
+        "127.0.0.1 with --no-auth)",
+    )
     p.add_argument("--port", type=int, default=9000, help="port to listen on")
     p.add_argument(
         "--codec",
@@ -99,6 +108,49 @@ def _parser() -> argparse.ArgumentParser:
         help="serve JPEG pictures only (viewers fall back at once)",
     )
     p.add_argument("--jpeg-quality", type=int, default=75, help="JPEG quality of pictures (1-100)")
+    p.add_argument(
+        "--encoder",
+        choices=["shared", "per-viewer"],
+        default="shared",
+        help="per-viewer: aiortc encodes for each viewer (only to measure what sharing saves)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("PEERCAM_TOKEN"),
+        help="access token (or PEERCAM_TOKEN; default: a random one, printed at start)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="turn access control off (anyone who reaches the port sees the camera)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another site allowed to embed the viewer (repeatable), e.g. https://example.org",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=int,
+        default=10,
+        help="open connections allowed from one address",
+    )
+    p.add_argument("--cert", type=Path, help="TLS certificate (PEM)")
+    p.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    p.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate, made once in --state-dir",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+        / "peercam",
+        help="where peercam keeps its self-signed certificate",
+    )
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
     p.add_argument(
         "--connect-timeout",
@@ -142,8 +194,14 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
     """Flags and environment → a validated :class:`Config`; exits with usage on bad input."""
     try:
         ice_servers, turn_secret = _ice_servers(args)
+        if args.no_auth and args.token:
+            raise ValueError("--no-auth and --token contradict each other")
+        token = None if args.no_auth else (args.token or generate_token())
         return Config(
-            host=args.host,
+            host=args.host or ("127.0.0.1" if args.no_auth else "0.0.0.0"),
+            token=token,
+            allow_origins=tuple(normalize_origin(o) for o in args.allow_origin),
+            max_per_address=args.max_per_address,
             port=args.port,
             source=SourceSpec.parse(args.source),
             width=args.width,
@@ -166,6 +224,42 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
         parser.error(str(exc))
 
 
+def _local_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, for the printed URLs."""
+    return [
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ]
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_self_signed:
+        if args.cert or args.key:
+            raise ValueError("--tls-self-signed and --cert/--key contradict each other")
+        cert, key = tls.self_signed(args.state_dir, _local_addresses())
+    elif args.cert or args.key:
+        if not (args.cert and args.key):
+            raise ValueError("--cert and --key go together")
+        cert, key = args.cert, args.key
+    else:
+        return None
+    context = tls.server_context(cert, key)
+    logger.info("TLS certificate %s, SHA-256 fingerprint %s", cert, tls.fingerprint(cert))
+    return context
+
+
+def _viewing_urls(config: Config, secure: bool) -> list[str]:
+    scheme = "https" if secure else "http"
+    if config.host in ("0.0.0.0", "::", ""):
+        hosts = ["127.0.0.1", *_local_addresses()]
+    else:
+        hosts = [config.host]
+    query = f"?token={config.token}" if config.token else ""
+    return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{config.port}/{query}" for h in hosts]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -175,6 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        ssl_context = _ssl_context(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if config.token is None:
+        logger.warning(
+            "access control is OFF (--no-auth): anyone who reaches the port sees the camera"
+        )
+    try:
         source = open_source(
             config.source, width=config.width, height=config.height, fps=config.fps
         )
@@ -182,9 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     app = create_app(config, source=source)
-    shown = f"[{config.host}]" if ":" in config.host else config.host
-    logger.info("peercam: open http://%s:%d/ to watch %s", shown, config.port, source.description)
-    web.run_app(app, host=config.host, port=config.port, print=None, shutdown_timeout=2.0)
+    for url in _viewing_urls(config, ssl_context is not None):
+        logger.info("peercam: open %s to watch %s", url, source.description)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        ssl_context=ssl_context,
+        print=None,
+        shutdown_timeout=2.0,
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ from webrtc.sources import Source, open_source
 
 from .config import Config
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
+from .security import add_cors_headers, security_middleware
 from .session import websocket_handler
 from .state import Service
 
@@ -59,7 +60,7 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
         jpeg=make_jpeg_pool(source.frames),
         peers=PeerManager(config.webrtc_settings(), encoders, source.frames),
     )
-    app = web.Application()
+    app = web.Application(middlewares=[security_middleware])
     app[Service.KEY] = service
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/ws", websocket_handler)
@@ -70,6 +71,7 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     app.router.add_get("/capture", _page("capture.html"))
     app.router.add_get("/check", _page("check.html"))
     app.router.add_static("/static/", config.static_dir, append_version=False)
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
     return app

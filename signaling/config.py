@@ -37,6 +37,10 @@ class Config:
     max_viewers: int = 50
     connect_timeout: float = 20.0
     webrtc: bool = True
+    #: The access token; None turns access control off (server.main makes one by default).
+    token: str | None = None
+    allow_origins: tuple[str, ...] = ()
+    max_per_address: int = 10
     per_viewer_encoding: bool = False
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
@@ -68,6 +72,10 @@ class Config:
             or any(url.startswith(("turn:", "turns:")) for s in self.ice_servers for url in s.urls)
         ):
             raise ValueError("--ice-transport-policy relay needs a TURN server")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("--token must be at least 8 characters")
+        if self.max_per_address < 1:
+            raise ValueError(f"--max-per-address {self.max_per_address}: must be at least 1")
         if self.max_viewers < 1:
             raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
         if self.connect_timeout <= 0:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-MAX_MESSAGE_CHARS = 64 * 1024  # an offer from Chrome is 3-8 KB; anything this large is abuse
-MAX_SDP_CHARS = 60 * 1024
+MAX_MESSAGE_CHARS = 16 * 1024  # Chrome's recvonly offer is ~5.3 KB with its candidates
+MAX_SDP_CHARS = 15 * 1024
 MAX_CANDIDATE_CHARS = 1024
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -23,7 +24,33 @@ from .state import Service
 logger = logging.getLogger(__name__)
 
 # aiohttp closes the socket (1009) above this; below it, our own limit answers with an error.
-WS_MAX_FRAME = 1024 * 1024
+WS_MAX_FRAME = 64 * 1024
+#: Signaling messages per second a viewer may send (JPEG acks come at the frame rate, trickled
+#: candidates in bursts), and the burst allowed.
+RATE, BURST = 60.0, 120.0
+#: Messages refused for the rate before the socket is closed as abusive.
+MAX_REFUSED = 200
+
+
+class RateLimit:
+    """A token bucket: ``rate`` messages per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float = RATE, burst: float = BURST) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last = time.monotonic()
+        self.refused = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.refused += 1
+        return False
 
 
 class ViewerSession:
@@ -41,6 +68,7 @@ class ViewerSession:
         self._watch: asyncio.Task[None] | None = None
         self._jpeg: JpegStream | None = None
         self._ice_servers = service.config.webrtc_settings().ice_servers_for(self.viewer_id)
+        self._rate = RateLimit()
 
     async def run(self) -> None:
         config = self._service.config
@@ -57,6 +85,17 @@ class ViewerSession:
                 )
             )
             async for msg in self._ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._rate.allow():
+                    if self._rate.refused > MAX_REFUSED:
+                        logger.info("viewer %s: closed for flooding", self.viewer_id)
+                        await self._ws.close(code=1008, message=b"too many messages")
+                        break
+                    await self._send_error(
+                        messages.ProtocolError(
+                            "rate-limited", f"at most {RATE:g} messages per second"
+                        )
+                    )
+                    continue
                 if msg.type == WSMsgType.TEXT:
                     await self._handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:

@@ -35,6 +35,8 @@ class Service:
     #: Why viewers fell back from WebRTC to JPEG, as they reported it.
     fallbacks: Counter[str] = field(default_factory=Counter)
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    #: Open long-lived connections per remote address (the per-address cap).
+    connections: Counter[str] = field(default_factory=Counter)
 
     def status(self) -> dict[str, object]:
         running = self.encoders.running()

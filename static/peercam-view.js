@@ -230,6 +230,11 @@ class PeercamView extends HTMLElement {
     ws.onclose = (event) => {
       log("socket closed", event.code, event.reason);
       this.#teardown();
+      if (event.code === 4401) {
+        // No valid token: say so plainly; retrying soon would not help.
+        this.#retryMs = RECONNECT_MAX_MS;
+        this.#set({ error: event.reason || "unauthorized" });
+      }
       this.#scheduleReconnect(event.reason || "connection lost");
     };
     ws.onerror = () => log("socket error");

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
@@ -40,6 +41,16 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 @pytest.fixture
 async def server(make_server: ServerFactory) -> TestServer:
     return await make_server()
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll server state until ``predicate()`` holds; the bound is generous, not a timing
+    claim. For state with no event to wait on (counts that drop when a peer is cleaned up)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)  # polling another component's state: no event exists
 
 
 def service_of(server: TestServer) -> Service:

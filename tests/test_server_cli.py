@@ -44,19 +44,15 @@ async def _read_until(process: asyncio.subprocess.Process, needle: str) -> str:
 async def test_server_serves_the_page_and_status_then_exits_on_sigterm() -> None:
     """The README's first command must give a working page on the test pattern."""
     port = _free_port()
-    process = await _run("--source", "test", "--port", str(port), "--ice-address", "127.0.0.1")
+    process = await _run(
+        "--source", "test", "--port", str(port), "--ice-address", "127.0.0.1", "--no-auth"
+    )
     try:
         log = await _read_until(process, "open http://")
-        assert f"http://127.0.0.1:{port}/" in log
+        assert f"http://127.0.0.1:{port}/ " in log
+        assert "access control is OFF" in log
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(15):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/") as response:
-                            page = await response.text()
-                            break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)  # the listener opens just after the log line
+            page = await _get_when_listening(http, f"http://127.0.0.1:{port}/")
             assert "<peercam-view" in page
             async with http.get(f"http://127.0.0.1:{port}/static/peercam-view.js") as response:
                 assert response.status == 200
@@ -64,6 +60,48 @@ async def test_server_serves_the_page_and_status_then_exits_on_sigterm() -> None
             async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
                 status = await response.json()
                 assert status["source"]["kind"] == "test"
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _get_when_listening(http: aiohttp.ClientSession, url: str) -> str:
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                async with http.get(url) as response:
+                    return await response.text()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)  # the listener opens just after the log line
+
+
+async def test_access_control_is_on_by_default_with_a_printed_token_url() -> None:
+    """A camera reachable from outside must not be open to whoever finds the port."""
+    port = _free_port()
+    process = await _run("--source", "test", "--port", str(port), "--ice-address", "127.0.0.1")
+    try:
+        log = await _read_until(process, f"open http://127.0.0.1:{port}/?token=")
+        token = log.split("?token=")[1].split()[0]
+        assert len(token) >= 16
+        # unsafe=True: aiohttp's jar otherwise ignores cookies of IP-address hosts.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            refused = await _get_when_listening(http, f"http://127.0.0.1:{port}/api/status")
+            assert "unauthorized" in refused
+            async with http.get(
+                f"http://127.0.0.1:{port}/?token={token}", allow_redirects=False
+            ) as response:
+                assert response.status == 303
+                assert response.headers["Location"] == "/"  # the token leaves the address bar
+                cookie = response.cookies["peercam_token"]
+                assert cookie.value == token
+                assert cookie["httponly"]
+                assert cookie["samesite"] == "Strict"
+            async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
+                assert response.status == 200  # the cookie now opens the door
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             assert await process.wait() == 0

@@ -51,7 +51,7 @@ async def _error_for(ws: aiohttp.ClientWebSocketResponse, payload: str | bytes) 
             "unexpected",
         ),
         ('{"type": "candidate", "candidate": null, "sdpMLineIndex": "0"}', "invalid-field"),
-        (json.dumps({"type": "offer", "sdp": "v=0" + "x" * 70_000}), "too-large"),
+        (json.dumps({"type": "offer", "sdp": "v=0" + "x" * 20_000}), "too-large"),
         (b"\x00\x01binary", "binary-not-allowed"),
     ],
 )

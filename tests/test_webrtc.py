@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.aiortc_viewer import AiortcViewer
-from tests.conftest import ServerFactory, service_of, ws_url
+from tests.conftest import ServerFactory, eventually, service_of, ws_url
 from webrtc.encoders import Codec, VideoKey
 
 
@@ -23,18 +23,6 @@ async def _status(server: TestServer) -> dict[str, Any]:
         assert response.status == 200
         data: dict[str, Any] = await response.json()
         return data
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll ``predicate`` (sync or async) until true; a generous bound, not a timing claim."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
@@ -70,7 +58,7 @@ async def test_three_viewers_of_one_codec_run_exactly_one_encoder(server: TestSe
         await asyncio.gather(*(v.close() for v in viewers))
     service = service_of(server)
     # The last viewer out stops the encoder.
-    await _until(lambda: not service.encoders.running() and len(service.peers) == 0)
+    await eventually(lambda: not service.encoders.running() and len(service.peers) == 0)
 
 
 async def test_viewer_joining_late_decodes_within_one_second(server: TestServer) -> None:
@@ -102,7 +90,7 @@ async def test_closing_the_socket_closes_the_peer(server: TestServer) -> None:
         assert len(service.peers) == 1
         assert viewer.ws is not None
         await viewer.ws.close()
-        await _until(lambda: len(service.peers) == 0 and not service.encoders.running())
+        await eventually(lambda: len(service.peers) == 0 and not service.encoders.running())
         assert len(service.viewers) == 0
     finally:
         await viewer.close()
@@ -121,7 +109,7 @@ async def test_closing_the_peer_closes_the_socket(server: TestServer) -> None:
         closing = await viewer.next_server_message(timeout=15)
         assert closing["type"] in ("<CLOSE>", "<CLOSED>", "<CLOSING>")
         service = service_of(server)
-        await _until(lambda: len(service.peers) == 0 and len(service.viewers) == 0)
+        await eventually(lambda: len(service.peers) == 0 and len(service.viewers) == 0)
     finally:
         await viewer.close()
 
@@ -139,7 +127,7 @@ async def test_peer_that_never_connects_is_dropped_after_the_timeout(
         assert len(service.peers) == 1
         message = await viewer.next_server_message(timeout=10)
         assert message == {"type": "bye", "reason": "not connected within 1 s"}
-        await _until(lambda: len(service.peers) == 0 and not service.encoders.running())
+        await eventually(lambda: len(service.peers) == 0 and not service.encoders.running())
     finally:
         await viewer.close()
 
