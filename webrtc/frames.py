@@ -26,6 +26,7 @@ class CapturedFrame:
     monotonic: float  # time.monotonic() at capture: drives presentation timestamps
     bgr: Image
     i420: Image
+    live: bool = True  # False for generated pictures ("no signal")
 
     @property
     def width(self) -> int:
@@ -36,7 +37,9 @@ class CapturedFrame:
         return int(self.bgr.shape[0])
 
     @classmethod
-    def from_bgr(cls, bgr: Image, index: int, capture_time: float | None = None) -> CapturedFrame:
+    def from_bgr(
+        cls, bgr: Image, index: int, capture_time: float | None = None, *, live: bool = True
+    ) -> CapturedFrame:
         """Wrap a BGR picture, cropping to even dimensions as 4:2:0 requires.
 
         The frame takes ownership of ``bgr``: it is made read-only (capture threads hand over
@@ -55,4 +58,5 @@ class CapturedFrame:
             monotonic=time.monotonic(),
             bgr=bgr,
             i420=i420,
+            live=live,
         )

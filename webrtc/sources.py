@@ -18,8 +18,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 SourceKind = Literal["test", "camera", "file", "url"]
 SourceState = Literal["starting", "live", "reconnecting", "stopped"]
-RETRY_MIN, RETRY_MAX = 0.5, 5.0
+RETRY_MIN, RETRY_MAX = 0.25, 1.0
+NO_SIGNAL_PERIOD = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +118,12 @@ class Source(abc.ABC):
         """Capture until ``self._stop`` is set."""
 
     def _publish(self, bgr: Image, capture_time: float | None = None) -> None:
-        self._index += 1
-        self.frames.publish(CapturedFrame.from_bgr(bgr, self._index, capture_time))
-        if self.state != "live":
+        if self.state != "live":  # before publishing: a reader that wakes sees "live"
             logger.info("source %s is live", self.description)
             self.state = "live"
             self.last_error = None
+        self._index += 1
+        self.frames.publish(CapturedFrame.from_bgr(bgr, self._index, capture_time))
 
     def status(self) -> dict[str, object]:
         newest = self.frames.get()
@@ -200,8 +202,27 @@ class TestPatternSource(Source):
                 self._stop.wait(delay)
 
 
+class CaptureDevice(Protocol):
+    """What peercam uses of ``cv2.VideoCapture`` (tests inject a double to cause faults)."""
+
+    def isOpened(self) -> bool: ...
+
+    def read(self) -> tuple[bool, Any]: ...
+
+    def release(self) -> None: ...
+
+    def get(self, prop: int) -> float: ...
+
+    def set(self, prop: int, value: float) -> bool: ...
+
+
 class CaptureSource(Source):
-    """A camera, file or stream URL read through OpenCV, reopened with backoff when it fails."""
+    """A camera, file or stream URL read through OpenCV.
+
+    When reading fails (unplugged, a stream that stops) viewers stay connected and see a
+    generated "no signal" picture with the time since the loss, while the device is reopened
+    with backoff (0.25 s doubling to 1 s, so video is back within about a second of the device).
+    """
 
     def __init__(
         self,
@@ -211,12 +232,15 @@ class CaptureSource(Source):
         width: int | None = None,
         height: int | None = None,
         fps: float | None = None,
-        capture: cv2.VideoCapture | None = None,
+        device_factory: Callable[[], CaptureDevice] | None = None,
     ) -> None:
         self.kind = kind
         self.target = target
         self._want = (width, height, fps)
-        self._capture = capture
+        self._device_factory = device_factory or self._open_opencv
+        self._capture: CaptureDevice | None = None
+        self._lost_at: float | None = None
+        self._size = (width or 640, height or 480)
         name = f"camera {target}" if kind == "camera" else f"{kind} {target}"
         super().__init__(name, fps or 30.0)
 
@@ -229,11 +253,13 @@ class CaptureSource(Source):
         if self._capture is None:
             self._capture = self._open_capture()
 
-    def _open_capture(self) -> cv2.VideoCapture:
+    def _open_opencv(self) -> CaptureDevice:
         if self.kind == "camera":
-            capture = cv2.VideoCapture(self.target, cv2.CAP_V4L2)
-        else:
-            capture = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG)
+            return cv2.VideoCapture(self.target, cv2.CAP_V4L2)
+        return cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG)
+
+    def _open_capture(self) -> CaptureDevice:
+        capture = self._device_factory()
         if not capture.isOpened():
             capture.release()
             hint = ""
@@ -265,6 +291,8 @@ class CaptureSource(Source):
             raise SourceError(f"{self.description} opened but delivered no frame")
         if self.kind == "file":
             capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        else:
+            self._publish(np.asarray(image, dtype=np.uint8))  # a camera's first picture counts
         return capture
 
     def _run(self) -> None:
@@ -276,7 +304,7 @@ class CaptureSource(Source):
                     capture = self._capture = self._open_capture()
                 except SourceError as exc:
                     self._set_failed(str(exc))
-                    self._stop.wait(retry)
+                    self._show_no_signal(retry)
                     retry = min(RETRY_MAX, retry * 2)
                     continue
             retry = RETRY_MIN
@@ -284,7 +312,7 @@ class CaptureSource(Source):
             capture.release()
             self._capture = None
 
-    def _read_until_failure(self, capture: cv2.VideoCapture) -> None:
+    def _read_until_failure(self, capture: CaptureDevice) -> None:
         period = 1.0 / self.fps if self.kind == "file" else 0.0
         deadline = time.monotonic()
         while not self._stop.is_set():
@@ -299,7 +327,9 @@ class CaptureSource(Source):
                 if not ok or image is None:
                     self._set_failed(f"{self.description}: read failed")
                     return
-            self._publish(np.asarray(image, dtype=np.uint8))
+            picture = np.asarray(image, dtype=np.uint8)
+            self._size = (picture.shape[1], picture.shape[0])
+            self._publish(picture)
             if period:
                 # A file is paced at its own frame rate; cameras and streams pace themselves.
                 deadline += period
@@ -309,17 +339,70 @@ class CaptureSource(Source):
                 elif delay > 0:
                     self._stop.wait(delay)
 
+    def _publish(self, bgr: Image, capture_time: float | None = None) -> None:
+        if self._lost_at is not None:
+            logger.info(
+                "%s is back after %.1f s", self.description, time.monotonic() - self._lost_at
+            )
+            self._lost_at = None
+        super()._publish(bgr, capture_time)
+
     def _set_failed(self, message: str) -> None:
         if self.state != "reconnecting" or self.last_error != message:
             logger.warning("%s; retrying", message)
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
         self.state = "reconnecting"
         self.last_error = message
+
+    def _show_no_signal(self, duration: float) -> None:
+        """Publish "no signal" pictures for ``duration`` seconds (5 a second): viewers stay
+        connected and see how long the source has been gone."""
+        end = time.monotonic() + duration
+        while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            lost_for = time.monotonic() - (self._lost_at or time.monotonic())
+            now = time.time()
+            self._index += 1
+            self.frames.publish(
+                CapturedFrame.from_bgr(
+                    no_signal_picture(*self._size, self.description, lost_for, now),
+                    self._index,
+                    now,
+                    live=False,
+                )
+            )
+            self._stop.wait(min(NO_SIGNAL_PERIOD, left))
+
+    def status(self) -> dict[str, object]:
+        lost = None if self._lost_at is None else round(time.monotonic() - self._lost_at, 1)
+        return super().status() | {"lostForSeconds": lost}
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
         if self._capture is not None and (self._thread is None or not self._thread.is_alive()):
             self._capture.release()
             self._capture = None
+
+
+def no_signal_picture(
+    width: int, height: int, description: str, lost_for: float, now: float
+) -> Image:
+    """The picture viewers see while a source is gone: what, since when, and the clock."""
+    image = np.full((height, width, 3), 40, np.uint8)
+    scale = max(0.4, height / 480)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    thickness = max(1, round(2 * scale))
+    clock = time.strftime("%H:%M:%S", time.localtime(now))
+    lines = [("NO SIGNAL", 1.6), (description, 0.7), (f"lost {lost_for:.0f} s ago", 0.9),
+             (clock, 0.7)]  # fmt: skip
+    y = int(height * 0.35)
+    for text, size in lines:
+        (tw, th), _ = cv2.getTextSize(text, font, scale * size, thickness)
+        cv2.putText(image, text, ((width - tw) // 2, y), font, scale * size, (230, 230, 230),
+                    thickness, cv2.LINE_AA)  # fmt: skip
+        y += int(th * 1.9)
+    timebar.stamp(image, int(now * 1000))
+    return image
 
 
 def _video_devices() -> list[str]:
