@@ -127,3 +127,44 @@ async def test_unknown_source_is_a_usage_error() -> None:
     output = (await process.stdout.read()).decode()
     assert await process.wait() == 2
     assert "neither 'auto', 'test'" in output
+
+
+async def test_self_signed_tls_is_made_once_and_reused(tmp_path: Path) -> None:
+    """Phones accept a certificate once: it must survive restarts, with its fingerprint shown."""
+    fingerprints = []
+    for _ in range(2):
+        port = _free_port()
+        process = await _run(
+            "--source", "test", "--port", str(port), "--no-auth", "--tls-self-signed",
+            "--state-dir", str(tmp_path),
+        )  # fmt: skip
+        try:
+            log = await _read_until(process, f"open https://127.0.0.1:{port}/")
+            fingerprints.append(log.split("SHA-256 fingerprint ")[1].split()[0])
+            async with aiohttp.ClientSession() as http:
+                async with asyncio.timeout(15):
+                    while True:
+                        try:
+                            async with http.get(
+                                f"https://127.0.0.1:{port}/api/status", ssl=False
+                            ) as response:
+                                assert response.status == 200
+                                break
+                        except aiohttp.ClientConnectionError:
+                            await asyncio.sleep(0.1)  # the listener opens just after the log
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    assert fingerprints[0] == fingerprints[1]
+    assert len(fingerprints[0].split(":")) == 32
+    assert (tmp_path / "peercam-key.pem").stat().st_mode & 0o077 == 0  # private key: owner only
+
+
+async def test_contradictory_security_flags_are_usage_errors() -> None:
+    """--cert without --key, or --no-auth with --token, must fail loudly at start."""
+    for args in (("--cert", "/nonexistent.pem"), ("--no-auth", "--token", "abcdefghij")):
+        process = await _run("--source", "test", *args)
+        assert process.stdout is not None
+        output = (await process.stdout.read()).decode()
+        assert await process.wait() == 2
+        assert "error:" in output
