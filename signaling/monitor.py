@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
+
+from webrtc.tasks import cancel_and_wait
 
 INTERVAL = 0.05
 WINDOW = 1200  # samples: the last minute
@@ -21,10 +22,7 @@ class LoopLagMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="peercam-loop-lag")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 from webrtc.jpeg import BOUNDARY, JpegEncoder, JpegKey, JpegPool, next_picture
 from webrtc.latest import LatestClosed
+from webrtc.tasks import cancel_and_wait
 
 from .state import Service
 
@@ -51,12 +52,7 @@ class JpegStream:
         self._credit_changed.set()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._encoder is not None:
             self._pool.release(self._key, self._encoder)
             self._encoder = None
@@ -178,10 +174,6 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
                 wanted.set()
     finally:
         service.legacy_viewers.discard(ws)
-        sender.cancel()
-        try:
-            await sender
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait(sender)
         service.jpeg.release(key, encoder)
     return ws

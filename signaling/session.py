@@ -7,6 +7,7 @@ connection so that a peer that ends closes the socket, as a closed socket closes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -16,6 +17,7 @@ from aiohttp import WSMsgType, web
 from webrtc.errors import NegotiationError
 from webrtc.jpeg import JpegKey
 from webrtc.peers import Peer, ViewerHints
+from webrtc.tasks import cancel_and_wait
 
 from . import messages
 from .pictures import JpegStream
@@ -176,13 +178,10 @@ class ViewerSession:
         logger.info("viewer %s: JPEG mode %s (%s)", self.viewer_id, key, request.reason or "asked")
 
     async def _stop_peer(self, reason: str) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            try:
-                await self._watch
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-            self._watch = None
+        # The watcher only waits and sends: a ConnectionError there is a socket already gone.
+        with contextlib.suppress(ConnectionError):
+            await cancel_and_wait(self._watch)
+        self._watch = None
         if self._peer is not None:
             await self._peer.aclose(reason)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from aiohttp import web
@@ -72,7 +76,22 @@ class Service:
             },
             "fallbacks": dict(self.fallbacks),
             "loopLagMs": self.loop_lag.summary(),
+            "process": _process_status(),
         }
 
 
 Service.KEY = web.AppKey("peercam_service", Service)
+
+
+def _process_status() -> dict[str, float | int]:
+    """Tasks, open files and memory of this process: what a leak would show first."""
+    rss_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = -1
+    return {"tasks": len(asyncio.all_tasks()), "fds": fds, "rssMb": round(rss_kb / 1024, 1)}

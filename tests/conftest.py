@@ -14,7 +14,8 @@ from signaling.config import Config
 from signaling.state import Service
 from webrtc.sources import TestPatternSource
 
-LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",))
+# Every test client is 127.0.0.1: the per-address cap is tested on its own (test_security).
+LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",), max_per_address=1000)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

@@ -34,6 +34,7 @@ from av.video.codeccontext import VideoCodecContext
 from .frames import CapturedFrame
 from .latest import Latest, LatestClosed
 from .pool import Pool
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +155,7 @@ class SharedEncoder:
         """Stop encoding, wake every reader and release the codec."""
         self._closed = True
         self._wake()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:

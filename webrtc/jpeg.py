@@ -22,6 +22,7 @@ import numpy.typing as npt
 from .frames import CapturedFrame
 from .latest import Latest, LatestClosed
 from .pool import Pool
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +139,7 @@ class JpegEncoder:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self.pictures.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -29,6 +29,7 @@ from .encoders import Codec, EncoderPool, VideoKey
 from .errors import NegotiationError
 from .frames import CapturedFrame
 from .latest import Latest
+from .tasks import cancel_and_wait
 from .tracks import EncodedVideoTrack, RawVideoTrack
 
 logger = logging.getLogger(__name__)
@@ -295,13 +296,7 @@ class Peer:
     async def aclose(self, reason: str = "closed by the server") -> None:
         """Close the peer connection (idempotent) and wait until it is closed."""
         self.close_reason = self.close_reason or reason
-        supervisor = self._supervisor
-        if supervisor is not None and supervisor is not asyncio.current_task():
-            supervisor.cancel()
-            try:
-                await supervisor
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._supervisor)
         await asyncio.shield(self._begin_close())
 
     def _begin_close(self) -> asyncio.Task[None]:
