@@ -345,6 +345,8 @@ class PeercamView extends HTMLElement {
     pc.ontrack = ({ track, streams }) => {
       this.#video.srcObject = streams[0] || new MediaStream([track]);
       this.#video.play().catch((e) => {
+        // Only a refusal asks for a tap; an AbortError just means the stream was replaced.
+        if (e.name !== "NotAllowedError" || pc !== this.#pc) return;
         log("autoplay refused", e);
         this.#playButton.hidden = false;
       });
@@ -369,7 +371,14 @@ class PeercamView extends HTMLElement {
     }, this.fallbackAfter * 1000);
     const onFrame = () => {
       if (pc !== this.#pc) return;
+      // Frames decode (and WebRTC works) even while autoplay is refused: no fallback then,
+      // but "playing" only once the video really plays, after the tap if one is needed.
       clearTimeout(this.#fallbackTimer);
+      if (video.paused) {
+        this.#set({ state: "tap to play" });
+        video.addEventListener("playing", onFrame, { once: true });
+        return;
+      }
       this.#canvas.hidden = true;
       this.#playButton.hidden = true;
       this.#set({ state: "playing", error: "" });
@@ -397,6 +406,7 @@ class PeercamView extends HTMLElement {
     this.#fallbackReason = reason === "forced" ? null : reason;
     this.#video.hidden = true;
     this.#video.srcObject = null;
+    this.#playButton.hidden = true;
     this.#canvas.hidden = false;
     this.#set({ mode: "JPEG", codec: "—", fallbackReason: reason, state: "waiting for pictures" });
     const maxWidth = Math.round(Math.max(screen.width, screen.height) * (devicePixelRatio || 1));
