@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def _kill(ws: aiohttp.ClientWebSocketResponse) -> None:
+def abort_connection(ws: aiohttp.ClientWebSocketResponse) -> None:
     """Drop the TCP connection without a closing handshake, as a killed tab does."""
     connection = ws._response.connection  # the raw transport, to abort it
     assert connection is not None
@@ -29,18 +29,18 @@ def _kill(ws: aiohttp.ClientWebSocketResponse) -> None:
     connection.transport.abort()
 
 
-async def _webrtc_viewer(url: str, kill: bool) -> None:
+async def webrtc_viewer(url: str, kill: bool) -> None:
     viewer = AiortcViewer(url, decode_bar=False)
     try:
         await viewer.connect()
         await viewer.wait_frames(1, timeout=20)
         if kill and viewer.ws is not None:
-            _kill(viewer.ws)
+            abort_connection(viewer.ws)
     finally:
         await viewer.close()
 
 
-async def _jpeg_viewer(url: str, http: aiohttp.ClientSession, kill: bool) -> None:
+async def jpeg_viewer(url: str, http: aiohttp.ClientSession, kill: bool) -> None:
     ws = await http.ws_connect(url)
     try:
         await ws.receive_json(timeout=10)
@@ -48,26 +48,26 @@ async def _jpeg_viewer(url: str, http: aiohttp.ClientSession, kill: bool) -> Non
         msg = await ws.receive(timeout=10)
         assert msg.type == aiohttp.WSMsgType.BINARY
         if kill:
-            _kill(ws)
+            abort_connection(ws)
     finally:
         await ws.close()
 
 
-async def _churn(url: str, count: int, start: int = 0) -> None:
+async def churn(url: str, count: int, start: int = 0) -> None:
     async with aiohttp.ClientSession() as http:
         for base in range(start, start + count, 10):
             jobs = []
             for n in range(base, min(base + 10, start + count)):
                 kill = n % 3 == 0
                 if n % 2:
-                    jobs.append(_webrtc_viewer(url, kill))
+                    jobs.append(webrtc_viewer(url, kill))
                 else:
-                    jobs.append(_jpeg_viewer(url, http, kill))
+                    jobs.append(jpeg_viewer(url, http, kill))
             await asyncio.gather(*jobs)
 
 
 @contextlib.asynccontextmanager
-async def _server_process(*flags: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def server_process(*flags: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """peercam in its own process (so its memory and files are its own), on the test pattern."""
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
@@ -98,16 +98,16 @@ async def _server_process(*flags: str) -> AsyncIterator[tuple[asyncio.subprocess
                 await process.wait()
 
 
-async def _status(base: str) -> dict[str, Any]:
+async def server_status(base: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(f"{base}/api/status") as r:
         data: dict[str, Any] = await r.json()
         return data
 
 
-async def _until_idle(base: str, timeout: float) -> dict[str, Any]:
+async def until_idle(base: str, timeout: float) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
-            status = await _status(base)
+            status = await server_status(base)
             if (not status["peers"] and not status["viewers"] and not status["encoders"]
                     and not status["jpeg"]["encoders"]):  # fmt: skip
                 return status
@@ -117,15 +117,15 @@ async def _until_idle(base: str, timeout: float) -> dict[str, Any]:
 @pytest.mark.slow
 async def test_two_hundred_viewers_come_and_go_and_leave_nothing_behind() -> None:
     """Months of viewers opening and closing tabs must not leak peers, tasks, fds or memory."""
-    async with _server_process() as (process, base):
+    async with server_process() as (process, base):
         url = base.replace("http", "ws", 1) + "/ws"
         # Warm up with the same load twice: imports, codec contexts, caches and the allocator's
         # high-water mark settle (measured: RSS plateaus after ~400 viewers, then stays flat).
-        await _churn(url, 400)
-        before = (await _until_idle(base, 30))["process"]
+        await churn(url, 400)
+        before = (await until_idle(base, 30))["process"]
         started = time.monotonic()
-        await _churn(url, 200, start=400)
-        after = (await _until_idle(base, 60))["process"]
+        await churn(url, 200, start=400)
+        after = (await until_idle(base, 60))["process"]
         growth = after["rssMb"] - before["rssMb"]
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "churn.txt").write_text(
@@ -150,7 +150,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 async def test_sigterm_with_twenty_viewers_exits_within_three_seconds() -> None:
     """A board is restarted by its service manager: stopping must be quick and clean."""
-    async with _server_process() as (process, base):
+    async with server_process() as (process, base):
         url = base.replace("http", "ws", 1) + "/ws"
         webrtc = [AiortcViewer(url, decode_bar=False) for _ in range(10)]
         try:
