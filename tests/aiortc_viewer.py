@@ -33,6 +33,7 @@ class Received:
     width: int = 0
     height: int = 0
     first_frame_at: float | None = None
+    last_luma: float = 0.0  # mean brightness of the lower half of the newest decoded frame
 
 
 class AiortcViewer:
@@ -128,6 +129,7 @@ class AiortcViewer:
                 received.width, received.height = frame.width, frame.height  # type: ignore[union-attr]
                 if self.decode_bar:
                     luma = frame.to_ndarray(format="gray")  # type: ignore[union-attr]
+                    received.last_luma = float(luma[luma.shape[0] // 2 :].mean())
                     millis = timebar.read(luma)
                     if millis is not None:
                         received.stamped += 1

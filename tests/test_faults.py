@@ -144,12 +144,17 @@ async def test_viewers_stay_connected_through_a_camera_fault(
             seen = viewer.received.frames
             await viewer.wait_frames(seen + 3, timeout=10)  # WebRTC keeps flowing: no signal
             assert fake_source.status()["state"] == "reconnecting"
+            assert viewer.received.last_luma < 100  # WebRTC shows the no-signal picture too
             back = time.monotonic()
             camera.plugged.set()
             async with asyncio.timeout(10):
                 while await jpeg_brightness() < 150:
                     pass
             assert time.monotonic() - back < 2.0
+            async with asyncio.timeout(10):
+                while viewer.received.last_luma < 150:
+                    await viewer.wait_frames(viewer.received.frames + 1, timeout=10)
+            assert time.monotonic() - back < 2.0  # WebRTC video is back as fast
         assert viewer.pc is not None
         assert viewer.pc.connectionState == "connected"
         assert len(service_of(server).peers) == 1
