@@ -41,6 +41,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tests.aiortc_viewer import AiortcViewer
+from tests.browser import TIMEBAR_JS
 from webrtc import timebar
 from webrtc.jpeg import HEADER
 
@@ -241,44 +242,21 @@ async def legacy_viewer(
 # presents (requestVideoFrameCallback) and every picture the element draws on its canvas (the
 # snapshot while WebRTC negotiates; each picture in JPEG mode), each with the capture time read
 # from the bar in those very pixels (webrtc/timebar.py's format; the decoder is the one of
-# tests/test_browser.py, reading only the rows of the bar). performance.now() of the first of
+# tests/timebar.js, reading only the rows of the bar). performance.now() of the first of
 # each is the time since navigation started.
-HARNESS_JS = """
+HARNESS_JS = (
+    """
 (() => {
+"""
+    + TIMEBAR_JS
+    + """
   const h = { video: [], canvas: [], firstPicture: null, firstVideo: null };
   window.__bench = h;
   const keep = (list, entry) => { list.push(entry); if (list.length > 5000) list.shift(); };
-  const crc32 = (bytes) => {
-    let c = 0xffffffff;
-    for (const b of bytes) {
-      c ^= b;
-      for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
-    }
-    return (c ^ 0xffffffff) >>> 0;
-  };
   // The bar of a picture `width` wide, from a 2D context holding it at the top left.
   const readBar = (ctx, width) => {
-    const BITS = 64;
-    const size = Math.max(4, Math.floor(width / 80));
-    if (width < size * (BITS + 2)) return null;
-    const data = ctx.getImageData(0, 0, width, size * 2).data;
-    const lo = Math.floor(size / 4), hi = size - Math.floor(size / 4);
-    const top = Math.floor(size / 2);
-    let word = 0n;
-    for (let i = 0; i < BITS; i++) {
-      let sum = 0, n = 0;
-      for (let y = top + lo; y < top + hi; y++) {
-        for (let x = size * (i + 1) + lo; x < size * (i + 1) + hi; x++) {
-          const p = (y * width + x) * 4;
-          sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
-          n++;
-        }
-      }
-      word = (word << 1n) | (sum / n > 128 ? 1n : 0n);
-    }
-    const millis = word >> 16n;
-    const bytes = [5, 4, 3, 2, 1, 0].map((k) => Number((millis >> BigInt(8 * k)) & 0xffn));
-    return (crc32(bytes) & 0xffff) === Number(word & 0xffffn) ? Number(millis) : null;
+    const rows = Math.max(4, Math.floor(width / 80)) * 2;
+    return readTimebar(ctx.getImageData(0, 0, width, rows).data, width, rows);
   };
   const element = () => document.querySelector("peercam-view");
   const drawImage = CanvasRenderingContext2D.prototype.drawImage;
@@ -313,6 +291,7 @@ HARNESS_JS = """
   });
 })();
 """
+)
 
 CHROMIUM_FALLBACK = "/usr/bin/chromium"
 

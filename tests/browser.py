@@ -8,10 +8,11 @@ CI image without Chromium cannot pass by testing nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Playwright
+from playwright.async_api import Browser, Playwright, async_playwright
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
@@ -49,3 +50,22 @@ async def launch_chromium(playwright: Playwright) -> Browser:
     return await playwright.chromium.launch(
         executable_path=chromium_path(), headless=True, args=list(CHROMIUM_ARGS)
     )
+
+
+#: ``readTimebar(data, width, height)``: the capture-time bar decoder, for page scripts.
+TIMEBAR_JS = (Path(__file__).resolve().parent / "timebar.js").read_text()
+
+
+@pytest.fixture
+async def playwright() -> AsyncIterator[Playwright]:
+    """Playwright's driver, in the test's event loop."""
+    async with async_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+async def browser(playwright: Playwright) -> AsyncIterator[Browser]:
+    """Headless Chromium with the loopback WebRTC flags; fails (never skips) if it is missing."""
+    chromium = await launch_chromium(playwright)
+    yield chromium
+    await chromium.close()

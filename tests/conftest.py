@@ -15,6 +15,9 @@ from signaling.state import Service
 from webrtc.sources import TestPatternSource
 
 # Every test client is 127.0.0.1: the per-address cap is tested on its own (test_security).
+# The ``playwright`` and ``browser`` fixtures of the browser tests.
+pytest_plugins = ["tests.browser"]
+
 LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",), max_per_address=1000)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]

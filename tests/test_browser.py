@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from signaling.app import create_app
-from tests.browser import launch_chromium
+from tests.browser import TIMEBAR_JS, launch_chromium
 from tests.conftest import LOOPBACK_CONFIG
 from webrtc.sources import TestPatternSource
 
@@ -82,8 +82,12 @@ HARNESS_JS = """
 # colour bar, and the capture-time bar decoded as webrtc/timebar.py read() does (64 blocks of
 # max(4, width // 80) pixels from x=size, y=size//2; the middle half of each block averaged over
 # R, G and B, white above 128; 48 bits of ms then CRC-32 of those 6 big-endian bytes & 0xFFFF).
-SNAPSHOT_JS = """
+SNAPSHOT_JS = (
+    """
 () => {
+"""
+    + TIMEBAR_JS
+    + """
   const video = document.querySelector("peercam-view").video;
   const width = video.videoWidth, height = video.videoHeight;
   if (!width || !height) return null;
@@ -95,37 +99,7 @@ SNAPSHOT_JS = """
   const data = ctx.getImageData(0, 0, width, height).data;
   const rgb = (x, y) => Array.from(data.slice((y * width + x) * 4, (y * width + x) * 4 + 3));
 
-  const crc32 = (bytes) => {
-    let c = 0xffffffff;
-    for (const b of bytes) {
-      c ^= b;
-      for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
-    }
-    return (c ^ 0xffffffff) >>> 0;
-  };
-  const readBar = () => {
-    const BITS = 64;
-    const size = Math.max(4, Math.floor(width / 80));
-    if (height < size * 2 || width < size * (BITS + 2)) return null;
-    const lo = Math.floor(size / 4), hi = size - Math.floor(size / 4);
-    const top = Math.floor(size / 2);
-    let word = 0n;
-    for (let i = 0; i < BITS; i++) {
-      let sum = 0, n = 0;
-      for (let y = top + lo; y < top + hi; y++) {
-        for (let x = size * (i + 1) + lo; x < size * (i + 1) + hi; x++) {
-          const p = (y * width + x) * 4;
-          sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
-          n++;
-        }
-      }
-      word = (word << 1n) | (sum / n > 128 ? 1n : 0n);
-    }
-    const millis = word >> 16n;
-    const bytes = [5, 4, 3, 2, 1, 0].map((k) => Number((millis >> BigInt(8 * k)) & 0xffn));
-    return (crc32(bytes) & 0xffff) === Number(word & 0xffffn) ? Number(millis) : null;
-  };
-  const barMillis = readBar();
+  const barMillis = readTimebar(data, width, height);
   // The centres of the seven colour bars, below the text boxes (the white square may cover one).
   const bars = [0, 1, 2, 3, 4, 5, 6].map((i) =>
     rgb(Math.floor(((i + 0.5) * width) / 7), Math.floor((height * 5) / 8)));
@@ -133,6 +107,7 @@ SNAPSHOT_JS = """
            png: barMillis === null ? null : canvas.toDataURL("image/png") };
 }
 """
+)
 
 # What the page was doing when a wait timed out: enough to tell signaling, ICE and decoding apart.
 DIAGNOSIS_JS = """

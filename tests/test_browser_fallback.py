@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, Playwright, WebSocketRoute, async_playwright
+from playwright.async_api import Browser, Page, Playwright, WebSocketRoute
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser import CHROMIUM_ARGS, chromium_path, launch_chromium
+from tests.browser import CHROMIUM_ARGS, TIMEBAR_JS, chromium_path
 from tests.conftest import ServerFactory, service_of
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -72,35 +72,10 @@ CANVAS_JS = f"""
   const canvas = {ELEMENT}.canvas;
   const width = canvas.width, height = canvas.height;
   const data = canvas.getContext("2d").getImageData(0, 0, width, height).data;
-  const crc32 = (bytes) => {{
-    let c = 0xffffffff;
-    for (const b of bytes) {{
-      c ^= b;
-      for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
-    }}
-    return (c ^ 0xffffffff) >>> 0;
-  }};
-  const readBar = () => {{
-    const size = Math.max(4, Math.floor(width / 80));
-    if (height < size * 2 || width < size * 66) return null;
-    const lo = Math.floor(size / 4), hi = size - lo, top = Math.floor(size / 2);
-    let word = 0n;
-    for (let i = 0; i < 64; i++) {{
-      let sum = 0, n = 0;
-      for (let y = top + lo; y < top + hi; y++) {{
-        for (let x = size * (i + 1) + lo; x < size * (i + 1) + hi; x++, n++) {{
-          const p = (y * width + x) * 4;
-          sum += (data[p] + data[p + 1] + data[p + 2]) / 3;
-        }}
-      }}
-      word = (word << 1n) | (sum / n > 128 ? 1n : 0n);
-    }}
-    const millis = word >> 16n;
-    const bytes = [40n, 32n, 24n, 16n, 8n, 0n].map((s) => Number((millis >> s) & 0xffn));
-    return (crc32(bytes) & 0xffff) === Number(word & 0xffffn) ? Number(millis) : null;
-  }};
+  {TIMEBAR_JS}
   const p = (300 * width + 400) * 4;
-  return {{ width, height, pixel: [data[p], data[p + 1], data[p + 2]], barMillis: readBar(),
+  const barMillis = readTimebar(data, width, height);
+  return {{ width, height, pixel: [data[p], data[p + 1], data[p + 2]], barMillis,
             now: Date.now() }};
 }}
 """
@@ -113,21 +88,6 @@ DIAGNOSIS_JS = f"""
             frames: document.body.dataset.frames }};
 }}
 """
-
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Playwright]:
-    """Playwright's driver, in the test's event loop."""
-    async with async_playwright() as p:
-        yield p
-
-
-@pytest.fixture
-async def browser(playwright: Playwright) -> AsyncIterator[Browser]:
-    """Headless Chromium with the loopback WebRTC flags; fails (never skips) if it is missing."""
-    chromium = await launch_chromium(playwright)
-    yield chromium
-    await chromium.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ its allocations while coturn still answers instead of retrying against a dead on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,9 @@ from playwright.async_api import (
     Page,
     Playwright,
     ViewportSize,
-    async_playwright,
 )
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser import launch_chromium
 from tests.conftest import ServerFactory
 from tests.turn import Turn, coturn
 from webrtc.ice import IceServer
@@ -129,21 +126,6 @@ RENDERED_VIDEO_JS = f"""
 """
 
 PHONES = ("iPhone 13", "Pixel 7")
-
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Playwright]:
-    """Playwright's driver, in the test's event loop."""
-    async with async_playwright() as p:
-        yield p
-
-
-@pytest.fixture
-async def browser(playwright: Playwright) -> AsyncIterator[Browser]:
-    """Headless Chromium with the loopback WebRTC flags; fails (never skips) if it is missing."""
-    chromium = await launch_chromium(playwright)
-    yield chromium
-    await chromium.close()
 
 
 async def open_page(browser: Browser, *init_scripts: str, **context: Any) -> Page:

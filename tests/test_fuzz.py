@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signaling.messages import ProtocolError, parse_message
+from signaling.session import WS_MAX_FRAME
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import eventually, service_of, ws_url
 
@@ -115,7 +116,12 @@ async def _fuzz_session(server: TestServer, batch: list[str | bytes], tally: Tal
                     continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     tally.closed += 1  # a policy close (1008/1009) is an accepted outcome
-                    assert ws.close_code in (1000, 1008, 1009), ws.close_code
+                    if msg.type == aiohttp.WSMsgType.CLOSE:
+                        assert msg.data in (1000, 1008, 1009), msg
+                    else:
+                        # The server may close (1009) while the client is still writing an
+                        # oversized frame: the client then sees its connection drop.
+                        assert len(payload) > WS_MAX_FRAME, (msg, payload[:80])
                     return
                 reply: dict[str, Any] = json.loads(msg.data)
                 if reply.get("code") == "unknown-type" and "__probe__" in reply["message"]:
@@ -235,7 +241,8 @@ async def test_fuzzed_legacy_video_requests_get_pictures_or_a_close(server: Test
                 await ws.send_str(payload)
             msg = await ws.receive(timeout=10)
             if msg.type != aiohttp.WSMsgType.TEXT:
-                assert ws.close_code == 1009
+                # The close frame says 1009, unless the line dropped while still writing.
+                assert msg.type != aiohttp.WSMsgType.CLOSE or msg.data == 1009, msg
                 assert payload == "x" * 5000
                 break
             assert json.loads(msg.data)["img"].startswith("data:image/jpeg;base64,")
