@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app = create_app(config, source=source)
     for url in _viewing_urls(config, ssl_context is not None):
-        logger.info("peercam: open %s to watch %s", url, source.description)
+        logger.info("open %s to watch %s", url, source.description)
     web.run_app(
         app,
         host=config.host,

@@ -169,6 +169,10 @@ async def test_sigterm_with_twenty_viewers_exits_within_three_seconds() -> None:
                 took = time.monotonic() - started
                 assert code == 0
                 assert took < 3.0, f"exit took {took:.2f} s"
+                ARTIFACTS.mkdir(exist_ok=True)
+                (ARTIFACTS / "shutdown.txt").write_text(
+                    f"SIGTERM to exit, 20 viewers: {took:.2f} s\n"
+                )
                 # Each socket got a close frame saying "going away" (1001), not a dropped line.
                 for ws in jpeg:
                     while (msg := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.BINARY:
