@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import fractions
+import functools
 import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -32,9 +33,9 @@ from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
 from .frames import CapturedFrame
-from .latest import Latest, LatestClosed
+from .latest import Latest
 from .pool import Pool
-from .tasks import cancel_and_wait
+from .worker import FrameWorker
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class EncoderClosed(Exception):
     """The encoder stopped while a reader waited on it."""
 
 
-class SharedEncoder:
+class SharedEncoder(FrameWorker["Packet | None"]):
     """Encodes a source's newest frame once per frame for every viewer of one codec."""
 
     def __init__(
@@ -121,18 +122,13 @@ class SharedEncoder:
         bitrate: int | None,
     ) -> None:  # fmt: skip
         self.key = key if isinstance(key, VideoKey) else VideoKey(key)
-        codec = self.codec = self.key.codec
-        self._frames = frames
+        self.codec = self.key.codec
+        super().__init__(frames, f"encoder-{self.key}")
         self._fps = max(1.0, fps)
         self._bitrate = bitrate
         self._ring: deque[EncodedFrame] = deque(maxlen=max(2, round(self._fps * RING_SECONDS)))
         self._seq = 0
         self._new = asyncio.Event()
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
-        # One thread per encoder: codec state is sequential, and a busy encoder of one codec
-        # never delays another.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-{codec}")
         self._size: tuple[int, int] | None = None
         self._context: VideoCodecContext | None = None
         self._frame_count = 0
@@ -144,38 +140,17 @@ class SharedEncoder:
         self.keyframes = 0
         self.forced_keyframes = 0
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- the worker's steps ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"peercam-encoder-{self.codec}"
-        )
+    def _prepare(self, frame: CapturedFrame, seq: int) -> Callable[[], Packet | None]:
+        return functools.partial(self._encode, frame, self._take_keyframe_request())
 
-    async def aclose(self) -> None:
-        """Stop encoding, wake every reader and release the codec."""
-        self._closed = True
+    def _deliver(self, result: Packet | None, frame: CapturedFrame) -> None:
+        if result is not None:
+            self._publish(result, frame)
+
+    def _ended(self) -> None:
         self._wake()
-        await cancel_and_wait(self._task)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        after = 0
-        try:
-            while True:
-                after, frame = await self._frames.next(after)
-                force = self._take_keyframe_request()
-                encoded = await loop.run_in_executor(self._executor, self._encode, frame, force)
-                if encoded is not None:
-                    self._publish(encoded, frame)
-        except (asyncio.CancelledError, LatestClosed):
-            pass  # normal endings: the last viewer left, or the source closed
-        except Exception:
-            # Readers must learn that no more frames come, whatever happened.
-            logger.exception("encoder %s failed", self.codec)
-        finally:
-            self._closed = True
-            self._wake()
 
     # -- keyframes -----------------------------------------------------------------------
 
@@ -312,10 +287,6 @@ class SharedEncoder:
     @property
     def newest_seq(self) -> int:
         return self._seq
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     async def next_frame(self, after: int) -> EncodedFrame:
         """The encoded frame that follows sequence number ``after``, waiting for it if needed.

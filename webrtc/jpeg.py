@@ -8,11 +8,10 @@ consumer skips pictures; nothing queues.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
+import functools
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +19,9 @@ import cv2
 import numpy.typing as npt
 
 from .frames import CapturedFrame
-from .latest import Latest, LatestClosed
+from .latest import Latest
 from .pool import Pool
-from .tasks import cancel_and_wait
-
-logger = logging.getLogger(__name__)
+from .worker import FrameWorker
 
 DEFAULT_QUALITY = 75
 QUALITY_STEP = 5  # qualities are rounded to this step so viewers share encoders
@@ -116,52 +113,24 @@ def encode_jpeg(frame: CapturedFrame, key: JpegKey, seq: int = 0) -> JpegFrame:
     )
 
 
-class JpegEncoder:
+class JpegEncoder(FrameWorker[JpegFrame]):
     """Encodes a source's newest frame to JPEG once per frame, while someone wants it."""
 
     def __init__(self, key: JpegKey, frames: Latest[CapturedFrame]) -> None:
+        super().__init__(frames, f"jpeg-{key}")
         self.key = key
-        self._frames = frames
         self.pictures: Latest[JpegFrame] = Latest()
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-jpeg-{key}")
-        self._closed = False
         self.encoded = 0
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def _prepare(self, frame: CapturedFrame, seq: int) -> Callable[[], JpegFrame]:
+        return functools.partial(encode_jpeg, frame, self.key, seq)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"peercam-jpeg-{self.key}"
-        )
+    def _deliver(self, result: JpegFrame, frame: CapturedFrame) -> None:
+        self.encoded += 1
+        self.pictures.publish(result)
 
-    async def aclose(self) -> None:
-        self._closed = True
-        await cancel_and_wait(self._task)
+    def _ended(self) -> None:
         self.pictures.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        after = 0
-        try:
-            while True:
-                after, frame = await self._frames.next(after)
-                picture = await loop.run_in_executor(
-                    self._executor, encode_jpeg, frame, self.key, after
-                )
-                self.encoded += 1
-                self.pictures.publish(picture)
-        except (asyncio.CancelledError, LatestClosed):
-            pass  # normal endings: the last user left, or the source closed
-        except Exception:
-            logger.exception("JPEG encoder %s failed", self.key)
-        finally:
-            # Readers must learn that no more pictures come, whatever happened.
-            self._closed = True
-            self.pictures.close()
 
 
 JpegPool = Pool[JpegKey, JpegEncoder]
