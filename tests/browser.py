@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Playwright, async_playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
@@ -69,3 +71,17 @@ async def browser(playwright: Playwright) -> AsyncIterator[Browser]:
     chromium = await launch_chromium(playwright)
     yield chromium
     await chromium.close()
+
+
+async def wait_for(
+    page: Page, predicate: str, *, timeout_s: float, what: str, diagnosis_js: str
+) -> Any:
+    """Wait until the JS function ``predicate`` returns a truthy value, and return that value;
+    on timeout, fail with ``what`` and the page's own account (``diagnosis_js``)."""
+    try:
+        handle = await page.wait_for_function(predicate, timeout=timeout_s * 1000)
+    except PlaywrightTimeoutError:
+        pytest.fail(
+            f"not within {timeout_s:g} s: {what}; page: {await page.evaluate(diagnosis_js)}"
+        )
+    return await handle.json_value()

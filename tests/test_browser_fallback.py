@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, Playwright, WebSocketRoute
-from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.browser import CHROMIUM_ARGS, TIMEBAR_JS, chromium_path
+from tests.browser import wait_for as wait_for_page
 from tests.conftest import ServerFactory, service_of
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -123,13 +123,9 @@ def record_signaling(page: Page) -> list[dict[str, Any]]:
 
 async def wait_for(page: Page, predicate: str, *, timeout_s: float, what: str) -> Any:
     """Wait until the JS function ``predicate`` returns a truthy value, and return that value."""
-    try:
-        handle = await page.wait_for_function(predicate, timeout=timeout_s * 1000)
-    except PlaywrightTimeoutError:
-        pytest.fail(
-            f"not within {timeout_s:g} s: {what}; page: {await page.evaluate(DIAGNOSIS_JS)}"
-        )
-    return await handle.json_value()
+    return await wait_for_page(
+        page, predicate, timeout_s=timeout_s, what=what, diagnosis_js=DIAGNOSIS_JS
+    )
 
 
 async def wait_for_pictures(

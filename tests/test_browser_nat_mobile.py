@@ -20,8 +20,8 @@ from playwright.async_api import (
     Playwright,
     ViewportSize,
 )
-from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from tests.browser import wait_for as wait_for_page
 from tests.conftest import ServerFactory
 from tests.turn import Turn, coturn
 from webrtc.ice import IceServer
@@ -139,13 +139,9 @@ async def open_page(browser: Browser, *init_scripts: str, **context: Any) -> Pag
 
 async def wait_for(page: Page, predicate: str, *, timeout_s: float, what: str) -> Any:
     """Wait until the JS function ``predicate`` returns a truthy value, and return that value."""
-    try:
-        handle = await page.wait_for_function(predicate, timeout=timeout_s * 1000)
-    except PlaywrightTimeoutError:
-        pytest.fail(
-            f"not within {timeout_s:g} s: {what}; page: {await page.evaluate(DIAGNOSIS_JS)}"
-        )
-    return await handle.json_value()
+    return await wait_for_page(
+        page, predicate, timeout_s=timeout_s, what=what, diagnosis_js=DIAGNOSIS_JS
+    )
 
 
 async def wait_for_video(page: Page, frames: int = 30, *, timeout_s: float = 20) -> dict[str, Any]:
