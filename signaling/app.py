@@ -17,7 +17,7 @@ from .config import Config
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
 from .security import add_cors_headers, security_middleware
 from .session import websocket_handler
-from .state import Service
+from .state import Service, trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ async def _status(request: web.Request) -> web.Response:
     service = request.app[Service.KEY]
     if request.query.get("reset") == "lag":  # benchmarks measure one phase at a time
         service.loop_lag.reset()
+    if request.query.get("trim") == "1":  # leak checks compare memory in use, not high water
+        await asyncio.to_thread(trim_heap)
     return web.json_response(service.status())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,6 +82,13 @@ class Service:
 
 
 Service.KEY = web.AppKey("peercam_service", Service)
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system (glibc ``malloc_trim``), so RSS shows what is in
+    use rather than the allocator's high-water mark. Blocking: call off the event loop."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _process_status() -> dict[str, float | int]:
