@@ -22,11 +22,6 @@ from .state import Service, trim_heap
 logger = logging.getLogger(__name__)
 
 
-async def _index(request: web.Request) -> web.StreamResponse:
-    config = request.app[Service.KEY].config
-    return web.FileResponse(config.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
-
-
 def _page(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         config = request.app[Service.KEY].config

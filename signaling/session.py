@@ -69,12 +69,12 @@ class ViewerSession:
         self._peer: Peer | None = None
         self._watch: asyncio.Task[None] | None = None
         self._jpeg: JpegStream | None = None
-        self._ice_servers = service.config.webrtc_settings().ice_servers_for(self.viewer_id)
+        self._ice_servers = service.peers.settings.ice_servers_for(self.viewer_id)
         self._rate = RateLimit()
 
     async def run(self) -> None:
         config = self._service.config
-        settings = config.webrtc_settings()
+        settings = self._service.peers.settings
         logger.info("viewer %s connected from %s", self.viewer_id, self._remote)
         try:
             await self._ws.send_str(

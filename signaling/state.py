@@ -54,6 +54,7 @@ class Service:
                     "codec": str(p.codec) if p.codec else None,
                     "state": p.connection_state,
                     "framesSent": p.frames_sent,
+                    "resyncs": p.resyncs,
                 }
                 for p in self.peers.peers()
             ],

@@ -173,3 +173,13 @@ class AiortcViewer:
             await self.ws.close()
         if self._http is not None:
             await self._http.close()
+
+
+async def assert_serves_a_viewer(ws_url: str, frames: int = 5) -> None:
+    """A fresh viewer still gets video: the server carried on after whatever came before."""
+    viewer = AiortcViewer(ws_url, decode_bar=False)
+    try:
+        await viewer.connect()
+        await viewer.wait_frames(frames, timeout=15)
+    finally:
+        await viewer.close()

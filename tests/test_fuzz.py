@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from signaling.messages import ProtocolError, parse_message
 from signaling.session import WS_MAX_FRAME
-from tests.aiortc_viewer import AiortcViewer
+from tests.aiortc_viewer import assert_serves_a_viewer
 from tests.conftest import eventually, service_of, ws_url
 
 # A real offer's shape, to mutate: aiortc and browsers must never crash the server with it.
@@ -177,12 +177,7 @@ async def test_fuzzed_signaling_never_breaks_the_server(server: TestServer) -> N
     service = service_of(server)
     await eventually(lambda: len(service.peers) == 0 and len(service.viewers) == 0)
     await eventually(lambda: not service.encoders.running() and not service.jpeg.running())
-    viewer = AiortcViewer(ws_url(server), decode_bar=False)
-    try:
-        await viewer.connect()
-        await viewer.wait_frames(10, timeout=15)
-    finally:
-        await viewer.close()
+    await assert_serves_a_viewer(ws_url(server), 10)
 
 
 def _examples(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
@@ -218,12 +213,7 @@ async def test_fuzzed_picture_queries_get_400_or_a_picture(server: TestServer) -
                     assert value.isascii()
                     assert value.isdigit()
     assert 400 in statuses
-    viewer = AiortcViewer(ws_url(server), decode_bar=False)
-    try:
-        await viewer.connect()
-        await viewer.wait_frames(5, timeout=15)
-    finally:
-        await viewer.close()
+    await assert_serves_a_viewer(ws_url(server), 5)
 
 
 async def test_fuzzed_legacy_video_requests_get_pictures_or_a_close(server: TestServer) -> None:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from signaling.security import normalize_origin
-from tests.aiortc_viewer import AiortcViewer
+from tests.aiortc_viewer import AiortcViewer, assert_serves_a_viewer
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
 
 TOKEN = "s3cret-test-token"
@@ -144,9 +144,4 @@ async def test_a_flooding_client_is_rate_limited_then_closed(server: TestServer)
         assert "unknown-type" in codes
         assert "rate-limited" in codes
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
-    viewer = AiortcViewer(ws_url(server), decode_bar=False)
-    try:
-        await viewer.connect()
-        await viewer.wait_frames(5, timeout=15)
-    finally:
-        await viewer.close()
+    await assert_serves_a_viewer(ws_url(server), 5)

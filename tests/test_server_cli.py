@@ -29,6 +29,20 @@ async def _run(*args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+async def _stop(process: asyncio.subprocess.Process) -> int:
+    """SIGTERM, as a service manager sends, and the exit code; killed if it hangs (idempotent)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode
+
+
 async def _read_until(process: asyncio.subprocess.Process, needle: str) -> str:
     assert process.stdout is not None
     seen: list[str] = []
@@ -61,13 +75,9 @@ async def test_server_serves_the_page_and_status_then_exits_on_sigterm() -> None
             async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
                 status = await response.json()
                 assert status["source"]["kind"] == "test"
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            assert await process.wait() == 0
+        assert await _stop(process) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _stop(process)
 
 
 async def _get_when_listening(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> str:
@@ -103,13 +113,9 @@ async def test_access_control_is_on_by_default_with_a_printed_token_url() -> Non
                 assert cookie["samesite"] == "Strict"
             async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
                 assert response.status == 200  # the cookie now opens the door
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            assert await process.wait() == 0
+        assert await _stop(process) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await _stop(process)
 
 
 async def test_camera_that_cannot_open_is_a_clear_error() -> None:
@@ -148,8 +154,7 @@ async def test_self_signed_tls_is_made_once_and_reused(tmp_path: Path) -> None:
                 )
                 assert '"source"' in status
         finally:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+            await _stop(process)
     assert fingerprints[0] == fingerprints[1]
     assert len(fingerprints[0].split(":")) == 32
     assert (tmp_path / "peercam-key.pem").stat().st_mode & 0o077 == 0  # private key: owner only

@@ -54,6 +54,7 @@ async def test_three_viewers_of_one_codec_run_exactly_one_encoder(server: TestSe
         assert status["encoders"]["vp8"]["viewers"] == 3
         assert len(status["peers"]) == 3
         assert all(p["framesSent"] > 30 for p in status["peers"])
+        assert all(p["resyncs"] == 0 for p in status["peers"])  # nobody fell behind
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
     service = service_of(server)

@@ -181,6 +181,11 @@ class Peer:
     def frames_sent(self) -> int:
         return self._track.frames_sent
 
+    @property
+    def resyncs(self) -> int:
+        """How often this viewer fell out of the shared ring and waited for a keyframe."""
+        return self._track.resyncs if isinstance(self._track, EncodedVideoTrack) else 0
+
     def _on_state(self) -> None:
         state = self._pc.connectionState
         logger.debug("viewer %s: connection %s", self.viewer_id, state)

@@ -36,10 +36,6 @@ class EncodedVideoTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.resyncs = 0
 
-    @property
-    def encoder(self) -> SharedEncoder | None:
-        return self._encoder
-
     def attach(self, encoder: SharedEncoder) -> None:
         if self._encoder is not None:
             raise RuntimeError("track already attached")
