@@ -27,6 +27,7 @@ from signaling.security import generate_token, normalize_origin
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, TurnSecret
+from webrtc.ladder import LadderSpec
 from webrtc.sources import SourceSpec, open_source
 
 logger = logging.getLogger("peercam")
@@ -60,7 +61,17 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="restrict WebRTC to one codec",
     )
-    p.add_argument("--bitrate", type=int, help="video bitrate in bit/s (default: by size)")
+    p.add_argument(
+        "--bitrate", type=int, help="bitrate of the ladder's top rung, bit/s (default: by size)"
+    )
+    p.add_argument(
+        "--ladder",
+        default="auto",
+        metavar="auto|off|RUNGS",
+        help="shared encodings per codec for viewers' links: auto (from the source size: full, "
+        "3/4 size at 40%%, half at 15%%, a small one at half rate), off (one, as --bitrate), or "
+        "rungs like 720p@2500k,360p@500k,180p@80k/15 (HEIGHTp@BITRATE[/FPS])",
+    )
     p.add_argument(
         "--ice-server",
         action="append",
@@ -213,6 +224,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             fps=args.fps,
             codecs=(Codec.VP8, Codec.H264) if args.codec == "auto" else (Codec(args.codec),),
             bitrate=args.bitrate,
+            ladder=LadderSpec.parse(args.ladder),
             ice_servers=ice_servers,
             turn_secret=turn_secret,
             ice_addresses=tuple(args.ice_address),

@@ -55,7 +55,14 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
         source=source,
         encoders=encoders,
         jpeg=make_jpeg_pool(source.frames),
-        peers=PeerManager(config.webrtc_settings(), encoders, source.frames),
+        peers=PeerManager(
+            config.webrtc_settings(),
+            encoders,
+            source.frames,
+            ladder_spec=config.ladder,
+            bitrate=config.bitrate,
+            source_fps=source.fps,
+        ),
     )
     app = web.Application(middlewares=[security_middleware])
     app[Service.KEY] = service

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from webrtc.encoders import Codec
 from webrtc.ice import IceServer, TurnSecret
+from webrtc.ladder import LadderSpec
 from webrtc.peers import WebRtcSettings
 from webrtc.sources import SourceSpec
 
@@ -29,6 +30,7 @@ class Config:
     fps: float | None = None
     codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
     bitrate: int | None = None
+    ladder: LadderSpec = field(default_factory=LadderSpec)
     ice_servers: tuple[IceServer, ...] = ()
     turn_secret: TurnSecret | None = None
     ice_addresses: tuple[str, ...] = ()

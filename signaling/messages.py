@@ -52,7 +52,16 @@ class Bye:
 
 #: Why a client left WebRTC for JPEG, as it reports it (counted by the server).
 FALLBACK_REASONS = frozenset(
-    {"no-webrtc", "offer-error", "failed", "no-video", "forced", "webrtc-disabled"}
+    {
+        "no-webrtc",
+        "offer-error",
+        "no-codec",
+        "failed",
+        "no-video",
+        "stalled",
+        "forced",
+        "webrtc-disabled",
+    }
 )
 
 
@@ -71,7 +80,12 @@ class Ack:
     """A JPEG picture was drawn: one more credit."""
 
 
-ClientMessage: TypeAlias = Offer | Candidate | Bye | JpegRequest | Ack
+@dataclass(frozen=True, slots=True)
+class KeyframeRequest:
+    """The page saw no new picture for a while (WebRTC): an IDR, please."""
+
+
+ClientMessage: TypeAlias = Offer | Candidate | Bye | JpegRequest | Ack | KeyframeRequest
 
 
 def _field(
@@ -135,6 +149,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "bye": lambda data: Bye(),
     "jpeg": _parse_jpeg,
     "ack": lambda data: Ack(),
+    "keyframe": lambda data: KeyframeRequest(),
 }
 
 
@@ -186,6 +201,11 @@ def config_message(
 
 def answer_message(sdp: str, codec: str) -> str:
     return _dump({"type": "answer", "sdp": sdp, "codec": codec})
+
+
+def rung_message(rung: Mapping[str, Any]) -> str:
+    """The viewer's rung of the ladder changed (or is first known): for the page's overlay."""
+    return _dump({"type": "rung", **rung})
 
 
 def error_message(code: str, message: str, in_reply_to: str | None = None) -> str:

@@ -10,7 +10,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from webrtc.jpeg import BOUNDARY, JpegEncoder, JpegKey, JpegPool, next_picture
+from webrtc.jpeg import BOUNDARY, JpegEncoder, JpegKey, JpegPool, jpeg_rungs, next_picture
 from webrtc.latest import LatestClosed
 from webrtc.tasks import cancel_and_wait
 
@@ -19,6 +19,12 @@ from .state import Service
 logger = logging.getLogger(__name__)
 
 MAX_CREDIT = 2  # pictures in flight per JPEG viewer: one drawing, one on the way
+#: JPEG rung adaptation: judged over windows of this many seconds; fewer than this fraction of
+#: the source's pictures while waiting for credit most of the time is a slow link.
+JPEG_WINDOW = 1.0
+SLOW_FRACTION = 0.6
+JPEG_UP_WAIT = 4.0
+JPEG_UP_WAIT_MAX = 60.0
 SNAPSHOT_TIMEOUT = 5.0
 LEGACY_MAX_MESSAGE = 4096
 
@@ -28,23 +34,47 @@ class JpegStream:
 
     A viewer that stops acknowledging is sent nothing more and holds no picture: the shared
     encoder's :class:`Latest` keeps only the newest one for everybody.
+
+    It adapts to the viewer's link: when credit comes back so slowly that fewer than
+    ``SLOW_FRACTION`` of the source's pictures get through, it steps down one JPEG rung
+    (lower quality, then a smaller size; all shared, see :func:`webrtc.jpeg.jpeg_rungs`); when
+    pictures flow at the source's rate without waiting for credit, it tries one rung up after a
+    wait that doubles each time the step up had to be undone. The stream owns its encoder lease.
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, pool: JpegPool, key: JpegKey, max_fps: float | None
-    ) -> None:
+        self, ws: web.WebSocketResponse, pool: JpegPool, key: JpegKey, max_fps: float | None,
+        *, source_fps: float = 30.0,
+    ) -> None:  # fmt: skip
         self._ws = ws
         self._pool = pool
-        self._key = key
+        self._rungs = jpeg_rungs(key)
+        self._rung = 0
         self._interval = 1.0 / max_fps if max_fps else 0.0
+        self._wanted_fps = min(source_fps, max_fps or source_fps)
         self._credit = MAX_CREDIT
         self._credit_changed = asyncio.Event()
         self._encoder: JpegEncoder | None = None
+        self._after = 0
         self._task: asyncio.Task[None] | None = None
+        self._window_start = time.monotonic()
+        self._window_sent = 0
+        self._window_waited = 0.0
+        self._changed_at = self._window_start
+        self._up_wait = JPEG_UP_WAIT
+        self._stepped_up = False
         self.sent = 0
+        self.switches = 0
+
+    @property
+    def key(self) -> JpegKey:
+        return self._rungs[self._rung]
+
+    def stats(self) -> dict[str, object]:
+        return {"rung": str(self.key), "rungIndex": self._rung, "sent": self.sent}
 
     def start(self) -> None:
-        self._encoder = self._pool.acquire(self._key)
+        self._encoder = self._pool.acquire(self.key)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def ack(self) -> None:
@@ -54,31 +84,85 @@ class JpegStream:
     async def aclose(self) -> None:
         await cancel_and_wait(self._task)
         if self._encoder is not None:
-            self._pool.release(self._key, self._encoder)
+            self._pool.release(self._encoder.key, self._encoder)
             self._encoder = None
+
+    def _judge(self, now: float) -> None:
+        """Once a window: step down when the link cannot keep up, up when it idles."""
+        elapsed = now - self._window_start
+        if elapsed < JPEG_WINDOW:
+            return
+        fps = self._window_sent / elapsed
+        waited = self._window_waited / elapsed
+        self._window_start, self._window_sent, self._window_waited = now, 0, 0.0
+        target = self._rung
+        if fps < SLOW_FRACTION * self._wanted_fps and waited > 0.5:
+            if self._rung + 1 < len(self._rungs):
+                target = self._rung + 1
+                if self._stepped_up and now - self._changed_at < 2 * JPEG_WINDOW + 0.5:
+                    self._up_wait = min(JPEG_UP_WAIT_MAX, self._up_wait * 2)
+                self._stepped_up = False
+        elif waited < 0.1 and self._rung > 0 and now - self._changed_at >= self._up_wait:
+            target = self._rung - 1
+            self._stepped_up = True
+        elif self._stepped_up and now - self._changed_at >= 3 * JPEG_WINDOW:
+            self._stepped_up = False
+            self._up_wait = JPEG_UP_WAIT  # the step up held
+        if target != self._rung:
+            self._switch(target, now)
+
+    def _switch(self, rung: int, now: float) -> None:
+        old = self._encoder
+        self._rung = rung
+        self._encoder = self._pool.acquire(self.key)
+        if old is not None:
+            self._pool.release(old.key, old)
+        self._after = 0  # the new rung's pictures are numbered on their own
+        self._changed_at = now
+        self.switches += 1
+        logger.debug("JPEG viewer moved to %s", self.key)
 
     async def _run(self) -> None:
         assert self._encoder is not None
-        pictures = self._encoder.pictures
-        after = 0
         last_sent = 0.0
         try:
             while not self._ws.closed:
+                waited_from = time.monotonic()
                 while self._credit <= 0:
                     self._credit_changed.clear()
                     await self._credit_changed.wait()
+                now = time.monotonic()
+                self._window_waited += now - waited_from
+                self._judge(now)
                 if self._interval:
                     # The viewer's own frame-rate cap: pacing, not synchronisation.
-                    delay = last_sent + self._interval - time.monotonic()
+                    delay = last_sent + self._interval - now
                     if delay > 0:
                         await asyncio.sleep(delay)
-                after, picture = await pictures.next(after)
+                encoder = self._encoder
+                assert encoder is not None
+                try:
+                    after, picture = await encoder.pictures.next(self._after)
+                except LatestClosed:
+                    if encoder is self._encoder:
+                        raise
+                    continue  # switched rungs meanwhile: the new one's pictures
+                if encoder is not self._encoder:
+                    continue
+                self._after = after
                 await self._ws.send_bytes(picture.message)
                 last_sent = time.monotonic()
                 self._credit -= 1
                 self.sent += 1
+                self._window_sent += 1
         except (LatestClosed, ConnectionError):
             pass  # the source stopped, or the viewer went away: the handler cleans up
+
+
+def source_width(service: Service) -> int:
+    """The width of the source's pictures now (0 before the first)."""
+    newest = service.source.frames.get()
+    return newest[1].width if newest else 0
 
 
 def key_from_query(request: web.Request, default_quality: int) -> JpegKey:
@@ -92,10 +176,15 @@ def key_from_query(request: web.Request, default_quality: int) -> JpegKey:
         text = request.query.get(name)
         if text is None:
             continue
-        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        valid = text.isascii() and text.isdigit() and len(text) <= 5
+        if not valid or not low <= int(text) <= high:
             raise web.HTTPBadRequest(text=f"{name} must be an integer from {low} to {high}\n")
         values[name] = int(text)
-    return JpegKey.normalized(values.get("quality", default_quality), values.get("width"))
+    return JpegKey.normalized(
+        values.get("quality", default_quality),
+        values.get("width"),
+        source_width(request.app[Service.KEY]),
+    )
 
 
 async def snapshot_handler(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,10 @@
 """One viewer's WebSocket: receive → parse → act → send.
 
-Only this handler's task calls ``ws.receive()``. A second, owned task watches the viewer's peer
-connection so that a peer that ends closes the socket, as a closed socket closes the peer.
+Only this handler's task calls ``ws.receive()``. The viewer's WebRTC media runs in one owned
+task, :meth:`webrtc.peers.Peer.run`, which holds the viewer's encoder leases and closes its peer;
+when it ends by itself (ICE failed, the viewer vanished) the socket is closed too, as a closed
+socket ends the peer. A new offer on the same socket (the page renegotiates after a stall)
+replaces the peer.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from aiohttp import WSMsgType, web
 
 from webrtc.errors import NegotiationError
 from webrtc.jpeg import JpegKey
-from webrtc.peers import Peer, ViewerHints
+from webrtc.peers import Peer, RungInfo, ViewerHints
 from webrtc.tasks import cancel_and_wait
 
 from . import messages
-from .pictures import JpegStream
+from .pictures import JpegStream, source_width
 from .state import Service
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,9 @@ WS_MAX_FRAME = 64 * 1024
 RATE, BURST = 60.0, 120.0
 #: Messages refused for the rate before the socket is closed as abusive.
 MAX_REFUSED = 200
+#: A new offer on a socket that has a peer replaces it (renegotiation after a stall), at most
+#: this often (seconds): each one costs an ICE gathering and a DTLS handshake.
+REOFFER_INTERVAL = 2.0
 
 
 class RateLimit:
@@ -67,7 +73,8 @@ class ViewerSession:
         self._remote = remote
         self._hints = hints
         self._peer: Peer | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._media: asyncio.Task[None] | None = None
+        self._offered_at = -REOFFER_INTERVAL
         self._jpeg: JpegStream | None = None
         self._ice_servers = service.peers.settings.ice_servers_for(self.viewer_id)
         self._rate = RateLimit()
@@ -133,6 +140,12 @@ class ViewerSession:
                     if self._jpeg is None:
                         raise messages.ProtocolError("unexpected", "ack outside JPEG mode", "ack")
                     self._jpeg.ack()
+                case messages.KeyframeRequest():
+                    if self._peer is None:
+                        raise messages.ProtocolError(
+                            "unexpected", "no WebRTC session to send a keyframe on", "keyframe"
+                        )
+                    self._peer.request_keyframe()
         except messages.ProtocolError as exc:
             await self._send_error(exc)
         except NegotiationError as exc:
@@ -146,10 +159,16 @@ class ViewerSession:
             )
         if self._jpeg is not None:
             raise messages.ProtocolError("unexpected", "this socket is in JPEG mode", "offer")
+        now = time.monotonic()
         if self._peer is not None:
-            raise messages.ProtocolError(
-                "unexpected", "this session already has an offer (no renegotiation)", "offer"
-            )
+            if now - self._offered_at < REOFFER_INTERVAL:
+                raise messages.ProtocolError(
+                    "rate-limited",
+                    f"a new offer replaces the session at most every {REOFFER_INTERVAL:g} s",
+                    "offer",
+                )
+            await self._stop_peer("replaced by a new offer")
+        self._offered_at = now
         peer = self._service.peers.create(self.viewer_id, self._ice_servers)
         try:
             answer = await peer.answer(sdp, self._hints)
@@ -157,8 +176,10 @@ class ViewerSession:
             await peer.aclose(f"offer refused: {exc}")
             raise messages.ProtocolError(exc.code, str(exc), "offer") from exc
         self._peer = peer
-        self._watch = asyncio.get_running_loop().create_task(self._close_with_peer(peer))
         await self._ws.send_str(messages.answer_message(answer.sdp, str(answer.codec)))
+        self._media = asyncio.get_running_loop().create_task(
+            self._serve(peer), name=f"peercam-viewer-{self.viewer_id}"
+        )
 
     async def _on_jpeg(self, request: messages.JpegRequest) -> None:
         """Switch this socket to JPEG: the WebRTC peer (if any) ends, the socket stays."""
@@ -170,26 +191,47 @@ class ViewerSession:
             self._service.fallbacks[request.reason] += 1
         await self._stop_peer(f"switched to JPEG ({request.reason or 'asked'})")
         key = JpegKey.normalized(
-            request.quality or self._service.config.jpeg_quality, request.max_width
+            request.quality or self._service.config.jpeg_quality,
+            request.max_width,
+            source_width(self._service),
         )
-        self._jpeg = JpegStream(self._ws, self._service.jpeg, key, request.max_fps)
+        self._jpeg = JpegStream(
+            self._ws, self._service.jpeg, key, request.max_fps, source_fps=self._service.source.fps
+        )
         self._jpeg.start()
-        self._service.jpeg_viewers += 1
+        self._service.jpeg_streams.add(self._jpeg)
         logger.info("viewer %s: JPEG mode %s (%s)", self.viewer_id, key, request.reason or "asked")
 
     async def _stop_peer(self, reason: str) -> None:
-        # The watcher only waits and sends: a ConnectionError there is a socket already gone.
-        with contextlib.suppress(ConnectionError):
-            await cancel_and_wait(self._watch)
-        self._watch = None
-        if self._peer is not None:
-            await self._peer.aclose(reason)
+        """End the viewer's WebRTC session (if any) and wait until it has let go of
+        everything; the socket stays open."""
+        peer, media = self._peer, self._media
+        self._peer = self._media = None
+        if peer is not None:
+            peer.end(reason)
+            if media is None:  # the offer was refused: nothing runs it
+                await peer.aclose(reason)
+        if media is not None:
+            # It ends by itself once asked; cancelling is for a socket that hangs in a send.
+            done, _ = await asyncio.wait((media,), timeout=5.0)
+            if not done:
+                await cancel_and_wait(media)
 
-    async def _close_with_peer(self, peer: Peer) -> None:
-        await peer.closed.wait()
+    async def _serve(self, peer: Peer) -> None:
+        """The viewer's media, from connection to close: the one task that owns it."""
+        try:
+            await peer.run(on_rung=self._send_rung)
+        except ConnectionError:
+            peer.end("the socket closed")
+        if self._peer is peer and not self._ws.closed:
+            # The peer ended by itself (ICE failed, the viewer vanished): so does the socket.
+            with contextlib.suppress(ConnectionError):
+                await self._ws.send_str(messages.bye_message(peer.close_reason or "closed"))
+                await self._ws.close()
+
+    async def _send_rung(self, rung: RungInfo) -> None:
         if not self._ws.closed:
-            await self._ws.send_str(messages.bye_message(peer.close_reason or "closed"))
-            await self._ws.close()
+            await self._ws.send_str(messages.rung_message(rung.to_json()))
 
     async def _send_error(self, error: messages.ProtocolError) -> None:
         logger.info("viewer %s: refused %s: %s", self.viewer_id, error.code, error.message)
@@ -202,7 +244,7 @@ class ViewerSession:
         await self._stop_peer("the socket closed")
         if self._jpeg is not None:
             await self._jpeg.aclose()
-            self._service.jpeg_viewers -= 1
+            self._service.jpeg_streams.discard(self._jpeg)
         logger.info("viewer %s disconnected", self.viewer_id)
 
 

@@ -9,7 +9,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
 
@@ -19,6 +19,9 @@ from webrtc.peers import PeerManager
 from webrtc.sources import Source
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .pictures import JpegStream
 from .monitor import LoopLagMonitor
 
 
@@ -35,7 +38,8 @@ class Service:
     peers: PeerManager
     viewers: set[web.WebSocketResponse] = field(default_factory=set)
     legacy_viewers: set[web.WebSocketResponse] = field(default_factory=set)
-    jpeg_viewers: int = 0
+    #: JPEG-mode viewers on /ws (each owned by its session, which adds and removes it).
+    jpeg_streams: set[JpegStream] = field(default_factory=set)
     mjpeg_viewers: int = 0
     #: Why viewers fell back from WebRTC to JPEG, as they reported it.
     fallbacks: Counter[str] = field(default_factory=Counter)
@@ -48,16 +52,8 @@ class Service:
         return {
             "source": self.source.status(),
             "viewers": len(self.viewers),
-            "peers": [
-                {
-                    "viewerId": p.viewer_id,
-                    "codec": str(p.codec) if p.codec else None,
-                    "state": p.connection_state,
-                    "framesSent": p.frames_sent,
-                    "resyncs": p.resyncs,
-                }
-                for p in self.peers.peers()
-            ],
+            "peers": [p.stats() for p in self.peers.peers()],
+            "ladder": self._ladder_status(),
             "encoders": {
                 str(key): running[key].stats() | {"viewers": self.encoders.users(key)}
                 for key in running
@@ -67,7 +63,8 @@ class Service:
                 for codec in Codec
             },
             "jpeg": {
-                "viewers": self.jpeg_viewers,
+                "viewers": len(self.jpeg_streams),
+                "streams": [stream.stats() for stream in self.jpeg_streams],
                 "mjpegViewers": self.mjpeg_viewers,
                 "legacyViewers": len(self.legacy_viewers),
                 "encoders": {
@@ -80,6 +77,12 @@ class Service:
             "loopLagMs": self.loop_lag.summary(),
             "process": _process_status(),
         }
+
+    def _ladder_status(self) -> list[str]:
+        newest = self.source.frames.get()
+        if newest is None:
+            return []
+        return [str(r) for r in self.peers.ladder_for(newest[1].width, newest[1].height).rungs]
 
 
 Service.KEY = web.AppKey("peercam_service", Service)

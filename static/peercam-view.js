@@ -6,6 +6,15 @@ const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 10000;
 const STATS_INTERVAL_MS = 1000;
 const DEFAULT_FALLBACK_S = 5;
+// After the first frame: no new frame for this long is a stall (never "playing" over a frozen
+// picture): ask for a keyframe; still none later: renegotiate; then fall back to JPEG.
+const STALL_MS = 2000;
+const RENEGOTIATE_MS = 5000;
+const WATCH_INTERVAL_MS = 500;
+// A fallback the network caused (not the browser or the server's choice) retries WebRTC later.
+const WEBRTC_RETRY_S = 30;
+const WEBRTC_RETRY_MAX_S = 300;
+const NETWORK_REASONS = new Set(["failed", "no-video", "stalled"]);
 const JPEG_HEADER_BYTES = 20; // "PCJ1", seq u32, capture time f64 (s), width u16, height u16
 
 const TEMPLATE = `
@@ -65,6 +74,8 @@ const REASON_TEXT = {
   "no-webrtc": "this browser has no WebRTC",
   "webrtc-disabled": "the server serves JPEG only",
   "offer-error": "the server refused WebRTC",
+  "no-codec": "no video codec in common with the server",
+  stalled: "the WebRTC picture froze",
   failed: "the WebRTC connection failed",
   "no-video": "no WebRTC video in time",
   forced: "asked for by ?mode=jpeg",
@@ -80,10 +91,17 @@ class PeercamView extends HTMLElement {
   #retryTimer = null;
   #statsTimer = null;
   #fallbackTimer = null;
+  #watchTimer = null;
+  #webrtcRetryTimer = null;
+  #webrtcRetryS = null;
+  #tryWebRTC = false; // this connection retries WebRTC after a network-caused fallback
+  #config = null;
+  #lastFrameAt = 0;
+  #stall = { keyframe: false, renegotiated: false };
   #running = false;
   #fallbackReason = null; // once WebRTC has failed here, reconnects go straight to JPEG
   #info = { mode: "—", codec: "—", state: "connecting", fps: 0, latencyMs: null, error: "",
-            fallbackReason: null, framesDrawn: 0 };
+            fallbackReason: null, framesDrawn: 0, rung: null, stalls: 0, renegotiations: 0 };
   #lastCount = { frames: 0, at: 0 };
   #jpeg = { busy: false, pending: null };
   #wakeLock = null;
@@ -136,6 +154,12 @@ class PeercamView extends HTMLElement {
     return value > 0 ? value : DEFAULT_FALLBACK_S;
   }
 
+  /** Seconds before WebRTC is tried again after a network-caused fallback (doubles). */
+  get webrtcRetryAfter() {
+    const value = Number(this.#param("webrtc-retry"));
+    return value > 0 ? value : WEBRTC_RETRY_S;
+  }
+
   /** Ask for ICE relays only (?relay=1): diagnoses whether TURN works from this network. */
   get relayOnly() {
     const value = this.#param("relay");
@@ -169,7 +193,8 @@ class PeercamView extends HTMLElement {
     this.#running = false;
     clearTimeout(this.#retryTimer);
     clearInterval(this.#statsTimer);
-    this.#retryTimer = this.#statsTimer = null;
+    clearTimeout(this.#webrtcRetryTimer);
+    this.#retryTimer = this.#statsTimer = this.#webrtcRetryTimer = null;
     this.#teardown("bye");
     this.#releaseWakeLock();
   }
@@ -190,6 +215,8 @@ class PeercamView extends HTMLElement {
 
   #closePeer() {
     clearTimeout(this.#fallbackTimer);
+    clearInterval(this.#watchTimer);
+    this.#watchTimer = null;
     if (this.#pc) {
       this.#pc.close();
       this.#pc = null;
@@ -215,6 +242,12 @@ class PeercamView extends HTMLElement {
     let line = `${i.mode}${codec} · ${size} · ${i.fps.toFixed(0)} fps`;
     if (i.latencyMs !== null) line += ` · ${Math.round(i.latencyMs)} ms`;
     const lines = [line];
+    if (i.mode === "WebRTC" && i.rung && i.rung.count > 1) {
+      // Which shared encoding this viewer's link gets: 1 is the best.
+      const kbit = Math.round(i.rung.bitrate / 1000);
+      const rungSize = i.rung.width ? ` · ${i.rung.width}×${i.rung.height}` : "";
+      lines.push(`rung ${i.rung.index + 1}/${i.rung.count}${rungSize} · ${kbit} kbit/s`);
+    }
     if (i.fallbackReason) lines.push(`fallback: ${REASON_TEXT[i.fallbackReason] || i.fallbackReason}`);
     if (i.state !== "playing") lines.push(i.error || i.state);
     this.#overlay.textContent = lines.join("\n");
@@ -280,11 +313,16 @@ class PeercamView extends HTMLElement {
       case "error":
         log("server error", msg.code, msg.message);
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
-          this.#fallBack(msg.code === "webrtc-disabled" ? "webrtc-disabled" : "offer-error",
-                         `${msg.code}: ${msg.message}`);
+          const known = { "webrtc-disabled": "webrtc-disabled", "no-codec": "no-codec" };
+          this.#fallBack(known[msg.code] || "offer-error", `${msg.code}: ${msg.message}`);
         } else if (this.#info.state !== "failed") {
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
+        break;
+      case "rung":
+        this.#set({ rung: { index: msg.index, count: msg.count, width: msg.width,
+                            height: msg.height, bitrate: msg.bitrate } });
+        this.dataset.rung = String(msg.index);
         break;
       case "bye":
         log("server said bye:", msg.reason);
@@ -301,13 +339,15 @@ class PeercamView extends HTMLElement {
   }
 
   #onConfig(config) {
+    this.#config = config;
     const modes = config.modes || ["webrtc"];
     const forced = this.forcedMode;
     let reason = null;
     if (forced === "jpeg") reason = "forced";
     else if (!window.RTCPeerConnection) reason = "no-webrtc";
     else if (!modes.includes("webrtc")) reason = "webrtc-disabled";
-    else if (forced !== "webrtc") reason = this.#fallbackReason;
+    else if (forced !== "webrtc" && !this.#tryWebRTC) reason = this.#fallbackReason;
+    this.#tryWebRTC = false;
     if (reason && forced !== "webrtc" && modes.includes("jpeg")) {
       this.#startJpeg(reason);
       return;
@@ -357,17 +397,17 @@ class PeercamView extends HTMLElement {
       if (state === "connected") this.#retryMs = RECONNECT_MIN_MS;
       else if (state === "failed" && pc === this.#pc) this.#fallBack("failed", "WebRTC failed");
     };
-    this.#awaitFirstVideoFrame(pc);
+    this.#awaitFirstVideoFrame(pc, this.#stall.renegotiated ? "stalled" : "no-video");
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     this.#send({ type: "offer", sdp: pc.localDescription.sdp });
   }
 
-  #awaitFirstVideoFrame(pc) {
+  #awaitFirstVideoFrame(pc, reason) {
     const video = this.#video;
     clearTimeout(this.#fallbackTimer);
     this.#fallbackTimer = setTimeout(() => {
-      if (pc === this.#pc) this.#fallBack("no-video", "no WebRTC video in time");
+      if (pc === this.#pc) this.#fallBack(reason, "no WebRTC video in time");
     }, this.fallbackAfter * 1000);
     const onFrame = () => {
       if (pc !== this.#pc) return;
@@ -381,11 +421,70 @@ class PeercamView extends HTMLElement {
       }
       this.#canvas.hidden = true;
       this.#playButton.hidden = true;
-      this.#set({ state: "playing", error: "" });
+      // WebRTC works here again: the earlier fallback (if any) is history.
+      this.#fallbackReason = null;
+      this.#webrtcRetryS = null;
+      this.#stall = { keyframe: false, renegotiated: false };
+      this.#set({ state: "playing", error: "", fallbackReason: null });
       this.#keepAwake();
+      this.#watchFrames(pc);
     };
     if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
     else video.addEventListener("playing", onFrame, { once: true });
+  }
+
+  #watchFrames(pc) {
+    // Every new frame is noted; a watchdog turns a frozen picture into "stalled".
+    const video = this.#video;
+    this.#lastFrameAt = performance.now();
+    if (video.requestVideoFrameCallback) {
+      const onFrame = () => {
+        if (pc !== this.#pc) return;
+        this.#lastFrameAt = performance.now();
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+    }
+    clearInterval(this.#watchTimer);
+    this.#watchTimer = setInterval(() => this.#checkStall(pc), WATCH_INTERVAL_MS);
+  }
+
+  async #checkStall(pc) {
+    if (pc !== this.#pc) return;
+    if (!this.#video.requestVideoFrameCallback) {
+      // No per-frame callback (older browsers): frames decoded, from the stats.
+      let decoded = 0;
+      (await pc.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "video") decoded = r.framesDecoded || 0;
+      });
+      if (decoded !== this.#stall.decoded) this.#lastFrameAt = performance.now();
+      this.#stall.decoded = decoded;
+    }
+    const gap = performance.now() - this.#lastFrameAt;
+    if (gap < STALL_MS) {
+      if (this.#info.state === "stalled") {
+        this.#stall = { keyframe: false, renegotiated: this.#stall.renegotiated };
+        this.#set({ state: "playing", error: "" });
+      }
+      return;
+    }
+    if (this.#info.state === "playing") {
+      this.#info.stalls += 1;
+      this.#set({ state: "stalled" });
+    }
+    if (!this.#stall.keyframe) {
+      this.#stall.keyframe = true;
+      this.#send({ type: "keyframe" });
+    } else if (gap >= RENEGOTIATE_MS && !this.#stall.renegotiated) {
+      // A new peer connection on the same socket; no picture from it in time: JPEG.
+      log("stalled: renegotiating");
+      this.#stall.renegotiated = true;
+      this.#info.renegotiations += 1;
+      this.#closePeer();
+      this.#startWebRTC(this.#config).catch((e) => this.#fallBack("stalled", String(e)));
+    } else if (gap >= RENEGOTIATE_MS && this.#stall.renegotiated) {
+      this.#fallBack("stalled", "the picture froze");
+    }
   }
 
   #fallBack(reason, detail) {
@@ -404,6 +503,7 @@ class PeercamView extends HTMLElement {
 
   #startJpeg(reason) {
     this.#fallbackReason = reason === "forced" ? null : reason;
+    if (NETWORK_REASONS.has(reason) && this.forcedMode !== "jpeg") this.#scheduleWebRTCRetry();
     this.#video.hidden = true;
     this.#video.srcObject = null;
     this.#playButton.hidden = true;
@@ -411,6 +511,21 @@ class PeercamView extends HTMLElement {
     this.#set({ mode: "JPEG", codec: "—", fallbackReason: reason, state: "waiting for pictures" });
     const maxWidth = Math.round(Math.max(screen.width, screen.height) * (devicePixelRatio || 1));
     this.#send({ type: "jpeg", reason, maxWidth: Math.min(7680, Math.max(160, maxWidth)) });
+  }
+
+  #scheduleWebRTCRetry() {
+    // The network may get better: try WebRTC again later, less often each time it fails.
+    clearTimeout(this.#webrtcRetryTimer);
+    const after = this.#webrtcRetryS ?? this.webrtcRetryAfter;
+    this.#webrtcRetryS = Math.min(WEBRTC_RETRY_MAX_S, after * 2);
+    this.#webrtcRetryTimer = setTimeout(() => {
+      if (!this.#running || this.#info.mode !== "JPEG") return;
+      log("retrying WebRTC");
+      this.#tryWebRTC = true;
+      this.#stall = { keyframe: false, renegotiated: false };
+      this.#teardown("bye");
+      this.#connect();
+    }, after * 1000);
   }
 
   #onPicture(buffer) {

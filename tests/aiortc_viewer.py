@@ -68,6 +68,8 @@ class AiortcViewer:
         self.frame_event = asyncio.Event()
         #: False: never apply the answer, so ICE can never complete (for timeout tests).
         self.apply_answer = True
+        #: The rung notices the server sent, in order.
+        self.rungs: list[dict[str, Any]] = []
 
     async def connect(self) -> None:
         """Signal until the answer is applied; raises if the server answers with an error."""
@@ -76,6 +78,12 @@ class AiortcViewer:
         self.ws = await self._http.ws_connect(self.ws_url)
         self.config = await self.ws.receive_json(timeout=10)
         assert self.config["type"] == "config", self.config
+        await self.negotiate()
+
+    async def negotiate(self) -> None:
+        """Offer with a new peer connection on the open socket (again: a renegotiation)."""
+        assert self.ws is not None
+        await self._close_peer()
         ice_servers = list(self.ice_servers)
         if self.use_config_ice_servers:
             ice_servers += [RTCIceServer(**s) for s in self.config["iceServers"]]
@@ -106,7 +114,7 @@ class AiortcViewer:
         with announce_only(["127.0.0.1"]):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
-        self.answer = await self.ws.receive_json(timeout=10)
+        self.answer = await self.next_server_message(timeout=10)
         if self.answer.get("type") != "answer":
             raise RuntimeError(f"no answer: {self.answer}")
         if not self.apply_answer:
@@ -146,12 +154,16 @@ class AiortcViewer:
                 await self.frame_event.wait()
 
     async def next_server_message(self, timeout: float) -> dict[str, Any]:
+        """The next message other than a rung notice (those are kept in ``rungs``)."""
         assert self.ws is not None
-        msg = await self.ws.receive(timeout=timeout)
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            return {"type": f"<{msg.type.name}>"}
-        data: dict[str, Any] = json.loads(msg.data)
-        return data
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return {"type": f"<{msg.type.name}>"}
+            data: dict[str, Any] = json.loads(msg.data)
+            if data.get("type") != "rung":
+                return data
+            self.rungs.append(data)
 
     def selected_local_candidate_type(self) -> str | None:
         """The type of the local candidate of the nominated ICE pair (aioice internals)."""
@@ -160,15 +172,20 @@ class AiortcViewer:
         pair = transport._connection._nominated.get(1)
         return None if pair is None else str(pair.local_candidate.type)
 
-    async def close(self) -> None:
+    async def _close_peer(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             try:
                 await self._reader
             except asyncio.CancelledError:
                 pass
+            self._reader = None
         if self.pc is not None:
             await self.pc.close()
+            self.pc = None
+
+    async def close(self) -> None:
+        await self._close_peer()
         if self.ws is not None:
             await self.ws.close()
         if self._http is not None:

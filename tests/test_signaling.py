@@ -80,19 +80,29 @@ async def test_invalid_sdp_is_refused_with_a_reason(
     assert len(service_of(server).peers) == 0
 
 
-async def test_second_offer_is_refused(server: TestServer) -> None:
-    """No renegotiation: a second offer must not replace or leak the first peer."""
+async def test_a_new_offer_is_rate_limited_then_replaces_the_session(server: TestServer) -> None:
+    """Renegotiation (the page's answer to a stall) replaces the peer, at most every 2 s, and
+    leaves nothing of the first one behind."""
     viewer = AiortcViewer(ws_url(server), decode_bar=False)
+    service = service_of(server)
     try:
         await viewer.connect()
         assert viewer.ws is not None
         assert viewer.pc is not None
+        first = service.peers.peers()
         await viewer.ws.send_json({"type": "offer", "sdp": viewer.pc.localDescription.sdp})
         reply = await viewer.next_server_message(timeout=10)
         assert reply["type"] == "error"
-        assert reply["code"] == "unexpected"
-        assert len(service_of(server).peers) == 1
-        await viewer.wait_frames(5, timeout=15)  # the first session still plays
+        assert reply["code"] == "rate-limited"
+        assert service.peers.peers() == first
+        await viewer.wait_frames(60, timeout=15)  # the first session plays on (for 2 s)
+        await viewer.negotiate()
+        frames = viewer.received.frames
+        await viewer.wait_frames(frames + 10, timeout=15)
+        assert len(service.peers) == 1
+        assert service.peers.peers() != first
+        running = service.encoders.running()
+        assert [service.encoders.users(key) for key in running] == [1]
     finally:
         await viewer.close()
 

@@ -77,13 +77,22 @@ def default_bitrate(width: int, height: int, fps: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class VideoKey:
-    """What a shared video encoder produces: a codec, at most ``max_height`` lines tall."""
+    """What a shared video encoder produces: a codec, at most ``max_height`` lines tall, at
+    ``bitrate`` bit/s and ``fps`` frames a second (0 for each: the source's own / the default).
+
+    A rung of the ladder (:mod:`webrtc.ladder`) is one key per codec.
+    """
 
     codec: Codec
     max_height: int = 0  # 0: the source's own size
+    bitrate: int = 0  # 0: default_bitrate() of the size
+    fps: float = 0.0  # 0: the source's rate
 
     def __str__(self) -> str:
-        return f"{self.codec}" + (f"/{self.max_height}p" if self.max_height else "")
+        text = f"{self.codec}" + (f"/{self.max_height}p" if self.max_height else "")
+        if self.bitrate:
+            text += f"@{self.bitrate // 1000}k"
+        return text + (f"/{self.fps:g}fps" if self.fps else "")
 
 
 def scaled_size(width: int, height: int, max_height: int) -> tuple[int, int]:
@@ -119,20 +128,25 @@ class SharedEncoder(FrameWorker["Packet | None"]):
 
     def __init__(
         self, key: VideoKey | Codec, frames: Latest[CapturedFrame], *, fps: float,
-        bitrate: int | None,
+        bitrate: int | None = None, epoch: float | None = None,
     ) -> None:  # fmt: skip
+        """``fps`` is the source's rate; ``epoch`` (``time.monotonic()``) the capture-clock
+        origin of presentation times, shared by every rung of a ladder so that a viewer moving
+        between them sees continuous timestamps."""
         self.key = key if isinstance(key, VideoKey) else VideoKey(key)
         self.codec = self.key.codec
         super().__init__(frames, f"encoder-{self.key}")
-        self._fps = max(1.0, fps)
-        self._bitrate = bitrate
+        self._fps = max(1.0, min(self.key.fps or fps, fps))
+        self._bitrate = self.key.bitrate or bitrate
+        self._interval = 1.0 / self._fps if self.key.fps and self.key.fps < fps else 0.0
+        self._next_due = 0.0
         self._ring: deque[EncodedFrame] = deque(maxlen=max(2, round(self._fps * RING_SECONDS)))
         self._seq = 0
         self._new = asyncio.Event()
         self._size: tuple[int, int] | None = None
         self._context: VideoCodecContext | None = None
         self._frame_count = 0
-        self._t0: float | None = None
+        self._t0 = epoch
         self._last_pts = -1
         self._keyframe_wanted = False
         self._last_forced = -KEYFRAME_MIN_INTERVAL
@@ -141,6 +155,16 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         self.forced_keyframes = 0
 
     # -- the worker's steps ----------------------------------------------------------------
+
+    def _wants(self, frame: CapturedFrame) -> bool:
+        if not self._interval:
+            return True
+        # A lower frame rate than the source's: take frames on a grid of the capture clock,
+        # with a little slack so a jittery source does not lose every other due frame.
+        if frame.monotonic + 0.25 * self._interval < self._next_due:
+            return False
+        self._next_due = max(self._next_due + self._interval, frame.monotonic)
+        return True
 
     def _prepare(self, frame: CapturedFrame, seq: int) -> Callable[[], Packet | None]:
         return functools.partial(self._encode, frame, self._take_keyframe_request())
@@ -186,8 +210,9 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         context.framerate = fractions.Fraction(fps, 1)
         context.bit_rate = bitrate
         context.gop_size = max(1, round(KEYFRAME_INTERVAL * fps))
-        # A one-second VBV buffer at the target rate: constant enough for a live stream.
-        rate = {"maxrate": str(bitrate), "bufsize": str(bitrate)}
+        # A half-second VBV buffer at the target rate: constant enough for a live stream, and an
+        # IDR never takes a link that carries the rate much longer than that to deliver.
+        rate = {"maxrate": str(bitrate), "bufsize": str(bitrate // 2)}
         if self.codec is Codec.VP8:
             # As aiortc's own VP8 encoder: realtime, no lookahead, CBR.
             context.qmin = 2
@@ -196,6 +221,9 @@ class SharedEncoder(FrameWorker["Packet | None"]):
                 "cpu-used": "-6",
                 "deadline": "realtime",
                 "lag-in-frames": "0",
+                # A keyframe at most 3x an average frame: big IDRs are what make pictures
+                # late on a slow link (a viewer switching rungs waits for one).
+                "max-intra-rate": "300",
                 "minrate": str(bitrate),
                 "noise-sensitivity": "4",
                 "overshoot-pct": "15",
@@ -219,7 +247,7 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         context.open()
         logger.info(
             "encoder %s opened: %dx%d@%d, %d kbit/s",
-            self.codec,
+            self.key,
             width,
             height,
             fps,
@@ -305,10 +333,33 @@ class SharedEncoder(FrameWorker["Packet | None"]):
                 return self._ring[after + 1 - first]
             await self._new.wait()
 
-    def stats(self) -> dict[str, int | str | bool]:
+    def keyframe_after(self, after: int) -> EncodedFrame | None:
+        """The first keyframe in the ring after sequence number ``after``, if there is one."""
+        for item in self._ring:
+            if item.seq > after and item.keyframe:
+                return item
+        return None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The encoded picture size, once the first frame is encoded."""
+        return self._size
+
+    @property
+    def bitrate(self) -> int:
+        """The target bitrate (the default for the size until the first frame)."""
+        if self._bitrate:
+            return self._bitrate
+        width, height = self._size or (640, 480)
+        return default_bitrate(width, height, self._fps)
+
+    def stats(self) -> dict[str, int | str | bool | float]:
         return {
             "codec": str(self.codec),
             "maxHeight": self.key.max_height,
+            "bitrate": self.bitrate,
+            "fps": self._fps,
+            "size": f"{self._size[0]}x{self._size[1]}" if self._size else "",
             "running": not self._closed,
             "framesEncoded": self.frames_encoded,
             "keyframes": self.keyframes,
@@ -322,9 +373,14 @@ EncoderPool = Pool[VideoKey, SharedEncoder]
 def make_encoder_pool(
     frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
 ) -> EncoderPool:
-    """Shared video encoders of one source: one per codec and size, while it has viewers."""
+    """Shared video encoders of one source: one per codec and rung, while it has viewers.
+
+    Every encoder of the pool stamps times from one epoch (the pool's creation), so a viewer can
+    move between rungs without a break in its timestamps.
+    """
+    epoch = time.monotonic()
 
     def factory(key: VideoKey) -> SharedEncoder:
-        return SharedEncoder(key, frames, fps=fps, bitrate=bitrate)
+        return SharedEncoder(key, frames, fps=fps, bitrate=bitrate, epoch=epoch)
 
     return Pool(factory, "shared video encoder")

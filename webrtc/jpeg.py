@@ -24,8 +24,11 @@ from .pool import Pool
 from .worker import FrameWorker
 
 DEFAULT_QUALITY = 75
-QUALITY_STEP = 5  # qualities are rounded to this step so viewers share encoders
-QUALITY_RANGE = (10, 95)
+#: Every JPEG picture is one of a small fixed set of qualities and sizes (the JPEG rungs), so
+#: viewers share encoders and no client can start an encoder per parameter: at most
+#: ``len(QUALITIES) * len(DIVISORS)`` encoders per source, whatever is asked.
+QUALITIES = (30, 40, 50, 60, 75, 85, 95)
+DIVISORS = (1, 2, 4)  # full, half and quarter width of the source
 
 #: The header before each JPEG in a binary WebSocket message (docs/protocol.md):
 #: magic "PCJ1", sequence (u32), capture time (f64, seconds since the epoch), width, height
@@ -36,21 +39,48 @@ MAGIC = b"PCJ1"
 
 @dataclass(frozen=True, slots=True)
 class JpegKey:
-    """What a JPEG encoder produces: quality and the largest width (0: the source's)."""
+    """What a JPEG encoder produces: a quality and a fraction of the source's width."""
 
     quality: int = DEFAULT_QUALITY
-    max_width: int = 0
+    divisor: int = 1  # the picture is 1/divisor of the source's width
 
     @classmethod
-    def normalized(cls, quality: int | None, max_width: int | None) -> JpegKey:
-        """Round a request to a shared encoder's key, so similar requests share one."""
+    def normalized(
+        cls, quality: int | None, max_width: int | None, source_width: int = 0
+    ) -> JpegKey:
+        """The rung for a request: the nearest quality of the set, and the smallest size at
+        least ``max_width`` wide (a width beyond the source's is the source's size)."""
         q = DEFAULT_QUALITY if quality is None else quality
-        q = max(QUALITY_RANGE[0], min(QUALITY_RANGE[1], round(q / QUALITY_STEP) * QUALITY_STEP))
-        width = 0 if not max_width else max(160, (max_width // 16) * 16)
-        return cls(q, width)
+        nearest = min(QUALITIES, key=lambda v: (abs(v - q), -v))
+        divisor = 1
+        if max_width and source_width:
+            for d in reversed(DIVISORS):
+                if source_width // d >= max_width:
+                    divisor = d
+                    break
+        return cls(nearest, divisor)
+
+    def smaller(self) -> JpegKey | None:
+        """The next rung down for a slow link: lower quality first, then a smaller size."""
+        lower = [q for q in QUALITIES if q < self.quality and q >= 50]
+        if lower and self.divisor == 1:
+            return JpegKey(lower[-1] if self.quality > 60 else lower[0], self.divisor)
+        bigger = [d for d in DIVISORS if d > self.divisor]
+        if bigger:
+            return JpegKey(min(self.quality, 50), bigger[0])
+        lowest = [q for q in QUALITIES if q < self.quality]
+        return JpegKey(lowest[-1], self.divisor) if lowest else None
 
     def __str__(self) -> str:
-        return f"q{self.quality}" + (f"/w{self.max_width}" if self.max_width else "")
+        return f"q{self.quality}" + (f"@1/{self.divisor}" if self.divisor > 1 else "")
+
+
+def jpeg_rungs(top: JpegKey) -> list[JpegKey]:
+    """The rungs a JPEG viewer may step through, from what it asked for down to the smallest."""
+    rungs = [top]
+    while (below := rungs[-1].smaller()) is not None and len(rungs) < 5:
+        rungs.append(below)
+    return rungs
 
 
 BOUNDARY = "peercamframe"
@@ -102,9 +132,10 @@ class JpegFrame:
 def encode_jpeg(frame: CapturedFrame, key: JpegKey, seq: int = 0) -> JpegFrame:
     """Encode ``frame`` (blocking: call off the event loop)."""
     image: npt.NDArray[Any] = frame.bgr
-    if key.max_width and frame.width > key.max_width:
-        height = max(2, round(frame.height * key.max_width / frame.width))
-        image = cv2.resize(image, (key.max_width, height), interpolation=cv2.INTER_AREA)
+    if key.divisor > 1:
+        width = max(2, frame.width // key.divisor)
+        height = max(2, round(frame.height * width / frame.width))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, key.quality])
     if not ok:
         raise RuntimeError("cv2.imencode failed")
@@ -137,7 +168,8 @@ JpegPool = Pool[JpegKey, JpegEncoder]
 
 
 def make_jpeg_pool(frames: Latest[CapturedFrame]) -> JpegPool:
-    """Shared JPEG encoders of one source: one per quality and size, while it has users."""
+    """Shared JPEG encoders of one source: one per rung (quality and size), while it has
+    users; the keys are a fixed set, so the pool never holds more than a few dozen."""
 
     def factory(key: JpegKey) -> JpegEncoder:
         return JpegEncoder(key, frames)

@@ -1,15 +1,19 @@
-"""Viewer peer connections: offer in, answer out, and a guaranteed end.
+"""Viewer peer connections: offer in, answer out, the viewer's rung, and a guaranteed end.
 
 The viewer offers (recvonly video, as WHEP does); the server answers with aiortc and every one
-of its candidates. A :class:`Peer` owns its RTCPeerConnection and a supervisor task that closes
-it when ICE has not connected within the timeout, or when the connection goes ``failed`` or
-``closed``. :class:`PeerManager` owns every peer and closes them all on shutdown.
+of its candidates. A :class:`Peer`'s :meth:`~Peer.run` is the one owner of the viewer's media:
+it holds the viewer's encoder leases, runs its rung controller, and closes the peer connection
+when ICE has not connected within the timeout, the connection goes ``failed`` or ``closed``, or
+the session ends it. :class:`PeerManager` owns every peer and closes them all on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +26,23 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import ice
-from .encoders import Codec, EncoderPool, VideoKey
+from .controller import RungController, wire_bitrate
+from .encoders import Codec, EncoderPool, SharedEncoder, VideoKey, default_bitrate
 from .errors import NegotiationError
 from .frames import CapturedFrame
-from .latest import Latest
-from .tasks import cancel_and_wait
+from .ladder import Ladder, LadderSpec
+from .latest import Latest, LatestClosed
+from .pool import Leases
 from .tracks import EncodedVideoTrack, RawVideoTrack
 
 logger = logging.getLogger(__name__)
@@ -136,8 +149,40 @@ def _negotiated_codec(transceiver: RTCRtpTransceiver, answer_sdp: str) -> Codec:
     raise NegotiationError("invalid-sdp", "no video codec in common")
 
 
+@dataclass(frozen=True, slots=True)
+class RungInfo:
+    """What a viewer is sent now: its rung of the ladder (for the page's overlay)."""
+
+    index: int
+    count: int
+    width: int
+    height: int
+    bitrate: int
+    reason: str
+
+    def to_json(self) -> dict[str, int | str]:
+        return {
+            "index": self.index,
+            "count": self.count,
+            "width": self.width,
+            "height": self.height,
+            "bitrate": self.bitrate,
+            "reason": self.reason,
+        }
+
+
+#: How often a viewer's controller looks at its reports (seconds): a step down comes within
+#: about a second of congestion, so a few looks a second are plenty.
+CONTROL_INTERVAL = 0.25
+
+
 class Peer:
-    """One viewer's WebRTC session."""
+    """One viewer's WebRTC session.
+
+    :meth:`answer` negotiates; :meth:`run` then serves the viewer until the connection ends and
+    is the one owner of everything the viewer holds: its encoder leases (``async with``), its
+    rung controller and the close of its peer connection. :meth:`end` asks it to stop.
+    """
 
     def __init__(
         self, manager: PeerManager, viewer_id: str, ice_servers: tuple[ice.IceServer, ...]
@@ -160,16 +205,17 @@ class Peer:
         if settings.per_viewer_encoding:
             self._track = RawVideoTrack(manager.frames)
         else:
-            self._track = EncodedVideoTrack(
-                on_stop=lambda encoder: manager.encoders.release(encoder.key, encoder)
-            )
+            self._track = EncodedVideoTrack()
         self._transceiver: RTCRtpTransceiver | None = None
+        self._hints = ViewerHints()
         self.codec: Codec | None = None
+        self._keys: list[VideoKey] = []
+        self._controller: RungController | None = None
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()
+        self._running = False
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._pc.on("connectionstatechange", self._on_state)
 
@@ -192,8 +238,7 @@ class Peer:
         if state == "connected":
             self._connected.set()
         elif state in ("failed", "closed"):
-            self.close_reason = self.close_reason or f"connection {state}"
-            self._ended.set()
+            self.end(f"connection {state}")
 
     async def answer(self, offer_sdp: str, hints: ViewerHints | None = None) -> Answer:
         """Apply the viewer's offer and make the answer, with every server candidate in it.
@@ -203,7 +248,7 @@ class Peer:
         """
         if self._transceiver is not None:
             raise NegotiationError("unexpected", "this session already has an offer")
-        hints = hints or ViewerHints()
+        hints = self._hints = hints or ViewerHints()
         try:
             parsed = SessionDescription.parse(offer_sdp)
         except Exception as exc:  # aiortc's parser raises whatever the text provokes
@@ -229,15 +274,6 @@ class Peer:
         local = self._pc.localDescription
         self.codec = _negotiated_codec(self._transceiver, local.sdp)
         answer_sdp = ice.advertise(local.sdp, self._manager.settings.advertise_addresses)
-        if isinstance(self._track, EncodedVideoTrack):
-            max_height = hints.max_height if self.codec is Codec.H264 else 0
-            self._track.attach(self._manager.encoders.acquire(VideoKey(self.codec, max_height)))
-            # aiortc answers a PLI/FIR by flagging its own (unused) encoder: route it to the
-            # shared encoder instead, which rate-limits IDRs for everyone.
-            self._transceiver.sender._send_keyframe = self._track.request_keyframe  # type: ignore[method-assign]
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"peercam-peer-{self.viewer_id}"
-        )
         logger.info("viewer %s: WebRTC answered with %s", self.viewer_id, self.codec)
         return Answer(sdp=answer_sdp, codec=self.codec)
 
@@ -276,7 +312,39 @@ class Peer:
                 "invalid-candidate", f"the candidate was refused: {exc}"
             ) from exc
 
-    async def _supervise(self) -> None:
+    # -- serving ----------------------------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        """The viewer's page saw no picture for a while: an IDR of its rung."""
+        if isinstance(self._track, EncodedVideoTrack):
+            self._track.request_keyframe()
+
+    def end(self, reason: str) -> None:
+        """Ask :meth:`run` to stop (idempotent); the first reason given is kept."""
+        self.close_reason = self.close_reason or reason
+        self._ended.set()
+
+    async def run(self, on_rung: Callable[[RungInfo], Awaitable[None]] | None = None) -> None:
+        """Serve the viewer until its connection ends, it does not connect within the
+        timeout, or :meth:`end` is called; the peer connection is closed when this returns.
+
+        ``on_rung`` is awaited with the viewer's rung once connected and after each change.
+        """
+        if self._transceiver is None or self.codec is None:
+            raise RuntimeError("run() needs a successful answer() first")
+        self._running = True
+        try:
+            if isinstance(self._track, EncodedVideoTrack):
+                async with self._manager.encoders.leases() as leases:
+                    await self._serve(self._track, leases, on_rung)
+            elif await self._wait_connected():
+                await self._ended.wait()
+        finally:
+            # Only start the close and wait for it shielded: a cancel that reaches
+            # RTCPeerConnection.close() midway breaks aiortc's own close.
+            await asyncio.shield(self._begin_close())
+
+    async def _wait_connected(self) -> bool:
         timeout = self._manager.settings.connect_timeout
         connected = asyncio.ensure_future(self._connected.wait())
         ended = asyncio.ensure_future(self._ended.wait())
@@ -288,21 +356,110 @@ class Peer:
             ended.cancel()
         if self._ended.is_set():
             logger.info("viewer %s: %s before connecting", self.viewer_id, self.close_reason)
-        elif not self._connected.is_set():
-            self.close_reason = f"not connected within {timeout:g} s"
+            return False
+        if not self._connected.is_set():
+            self.end(f"not connected within {timeout:g} s")
             logger.info("viewer %s: %s", self.viewer_id, self.close_reason)
-        else:
-            logger.info("viewer %s: WebRTC connected", self.viewer_id)
-            await self._ended.wait()
-        # Only start the close: the supervisor may be cancelled by aclose(), and a cancel that
-        # reaches RTCPeerConnection.close() midway breaks aiortc's own close.
-        self._begin_close()
+            return False
+        logger.info("viewer %s: WebRTC connected", self.viewer_id)
+        return True
+
+    async def _serve(
+        self, track: EncodedVideoTrack, leases: Leases[VideoKey, SharedEncoder],
+        on_rung: Callable[[RungInfo], Awaitable[None]] | None,
+    ) -> None:  # fmt: skip
+        assert self.codec is not None
+        assert self._transceiver is not None
+        newest = self._manager.frames.get()
+        if newest is None:  # the server has just started: rungs follow the source's size
+            try:
+                async with asyncio.timeout(self._manager.settings.connect_timeout):
+                    newest = await self._manager.frames.next(0)
+            except (TimeoutError, LatestClosed):
+                self.end("the source delivers no picture")
+                return
+        ladder = self._manager.ladder_for(newest[1].width, newest[1].height)
+        cap = self._hints.max_height if self.codec is Codec.H264 else 0
+        self._keys = [
+            VideoKey(self.codec, _capped(r.height, cap), r.bitrate, r.fps) for r in ladder.rungs
+        ]
+        fps = self._manager.source_fps
+        controller = self._controller = RungController(
+            [wire_bitrate(r.bitrate, r.fps or fps) for r in ladder.rungs], now=time.monotonic()
+        )
+        track.attach(leases.take(self._keys[0]))
+        _hook_sender(self._transceiver.sender, track, controller)
+        if not await self._wait_connected():
+            return
+        shown: SharedEncoder | None = None
+        while not self._ended.is_set():
+            if track.encoder is not shown and on_rung is not None:
+                shown = track.encoder
+                await on_rung(self.rung_info())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONTROL_INTERVAL):  # the controller's pace
+                    await self._ended.wait()
+            decision = controller.decide(time.monotonic())
+            if decision is not None and len(self._keys) > 1:
+                logger.info(
+                    "viewer %s: rung %d (%s): %s",
+                    self.viewer_id,
+                    decision.index,
+                    self._keys[decision.index],
+                    decision.reason,
+                )
+                track.switch(leases.take(self._keys[decision.index]))
+            # Held: the rung sent now, the one being switched to, and during a probe the one
+            # to fall back to (so that going back needs no encoder start).
+            keep = [e for e in (track.encoder, track.pending) if e is not None]
+            if controller.probe_from is not None:
+                keep.append(leases.take(self._keys[controller.probe_from]))
+            leases.keep_only(keep)
+
+    def rung_info(self) -> RungInfo:
+        """The rung this viewer gets now (the top one before the track has one)."""
+        encoder = self._track.encoder if isinstance(self._track, EncodedVideoTrack) else None
+        count = len(self._keys) or 1
+        if encoder is None:
+            return RungInfo(0, count, 0, 0, 0, "")
+        index = self._keys.index(encoder.key) if encoder.key in self._keys else 0
+        width, height = encoder.size or (0, 0)
+        reason = self._controller.last_reason if self._controller else ""
+        return RungInfo(index, count, width, height, encoder.bitrate, reason)
+
+    def stats(self) -> dict[str, object]:
+        """This viewer's figures for /api/status."""
+        track = self._track
+        info: dict[str, object] = {
+            "viewerId": self.viewer_id,
+            "codec": str(self.codec) if self.codec else None,
+            "state": self.connection_state,
+            "framesSent": track.frames_sent,
+            "resyncs": self.resyncs,
+        }
+        if isinstance(track, EncodedVideoTrack):
+            controller = self._controller
+            encoder = track.encoder
+            rtt = controller.rtt if controller else None
+            info |= {
+                "rung": str(encoder.key) if encoder else None,
+                "rungIndex": self.rung_info().index,
+                "rungs": len(self._keys),
+                "estimateBps": controller.estimate if controller else None,
+                "fractionLost": round(controller.fraction_lost, 3) if controller else None,
+                "rttMs": None if rtt is None else round(rtt * 1000, 1),
+                "probing": bool(controller and controller.probing),
+                "rungSwitches": track.switches,
+                "keyframesSent": track.keyframes_sent,
+            }
+        return info
 
     async def aclose(self, reason: str = "closed by the server") -> None:
-        """Close the peer connection (idempotent) and wait until it is closed."""
-        self.close_reason = self.close_reason or reason
-        await cancel_and_wait(self._supervisor)
-        await asyncio.shield(self._begin_close())
+        """End the session and wait until its peer connection is closed (idempotent)."""
+        self.end(reason)
+        if not self._running:
+            await asyncio.shield(self._begin_close())
+        await self.closed.wait()
 
     def _begin_close(self) -> asyncio.Task[None]:
         if self._close_task is None:
@@ -315,10 +472,50 @@ class Peer:
         try:
             await self._pc.close()
         finally:
-            self._track.stop()  # idempotent: releases the shared encoder once
+            self._track.stop()
             self._manager._forget(self)
             self.closed.set()
             logger.info("viewer %s: WebRTC closed (%s)", self.viewer_id, self.close_reason)
+
+
+def _capped(height: int, cap: int) -> int:
+    """A rung's height under a device's cap (0: none)."""
+    if not cap:
+        return height
+    return min(height, cap) if height else cap
+
+
+def _hook_sender(
+    sender: RTCRtpSender, track: EncodedVideoTrack, controller: RungController
+) -> None:
+    """Route the viewer's RTCP to the shared encoders and its controller.
+
+    aiortc answers a PLI/FIR by flagging its own (unused) encoder and applies REMB only to it:
+    ``_send_keyframe`` goes to the track instead (an IDR of the viewer's rung, rate-limited for
+    everyone on it), and every RTCP packet is shown to the controller after aiortc has handled
+    it (which updates the round-trip time it computes from receiver reports). Private parts of
+    aiortc: ``tests/test_ladder.py`` fails when an upgrade breaks them.
+    """
+    handle = sender._handle_rtcp_packet
+    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+
+    async def observe(packet: Any) -> None:
+        await handle(packet)
+        now = time.monotonic()
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    rtt = getattr(sender, "_RTCRtpSender__rtt", None)
+                    controller.on_receiver_report(report.fraction_lost / 256, rtt, now)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if sender._ssrc in ssrcs:
+                controller.on_remb(bitrate, now)
+
+    sender._handle_rtcp_packet = observe  # type: ignore[method-assign]
 
 
 @dataclass
@@ -328,7 +525,22 @@ class PeerManager:
     settings: WebRtcSettings
     encoders: EncoderPool
     frames: Latest[CapturedFrame]
+    ladder_spec: LadderSpec = field(default_factory=LadderSpec)
+    #: The top rung's bitrate (``--bitrate``); None: by size.
+    bitrate: int | None = None
+    source_fps: float = 30.0
     _peers: set[Peer] = field(default_factory=set)
+    _ladders: dict[tuple[int, int], Ladder] = field(default_factory=dict)
+
+    def ladder_for(self, width: int, height: int) -> Ladder:
+        """The ladder of a source of this size (a camera may reopen at another)."""
+        ladder = self._ladders.get((width, height))
+        if ladder is None:
+            top = self.bitrate or default_bitrate(width, height, self.source_fps)
+            ladder = self.ladder_spec.resolve(width, height, self.source_fps, top)
+            self._ladders = {(width, height): ladder}
+            logger.info("ladder for %dx%d: %s", width, height, ladder)
+        return ladder
 
     def create(self, viewer_id: str, ice_servers: tuple[ice.IceServer, ...] | None = None) -> Peer:
         if ice_servers is None:

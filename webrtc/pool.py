@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class Pool(Generic[K, W]):
         task.add_done_callback(self._closing.discard)
         logger.info("%s %s stopped (no users)", self._name, key)
 
+    def leases(self) -> Leases[K, W]:
+        """Workers held by one owner and released together: ``async with pool.leases() as l``."""
+        return Leases(self)
+
     def running(self) -> dict[K, W]:
         return dict(self._workers)
 
@@ -78,3 +83,39 @@ class Pool(Generic[K, W]):
         self._workers.clear()
         self._users.clear()
         await asyncio.gather(*(w.aclose() for w in workers), *self._closing)
+
+
+class Leases(Generic[K, W]):
+    """The workers one owner holds (a viewer's rungs); all released when its block ends."""
+
+    def __init__(self, pool: Pool[K, W]) -> None:
+        self._pool = pool
+        self._held: dict[K, W] = {}
+
+    def take(self, key: K) -> W:
+        """The worker for ``key``, acquired on first use; held until released or the end."""
+        worker = self._held.get(key)
+        if worker is None or worker.closed:
+            if worker is not None:
+                self._pool.release(key, worker)
+            worker = self._held[key] = self._pool.acquire(key)
+        return worker
+
+    def keep_only(self, workers: Collection[W]) -> None:
+        """Release every held worker not in ``workers``."""
+        for key, worker in list(self._held.items()):
+            if worker not in workers:
+                del self._held[key]
+                self._pool.release(key, worker)
+
+    def held(self) -> dict[K, W]:
+        return dict(self._held)
+
+    async def __aenter__(self) -> Leases[K, W]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.keep_only(())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -20,21 +19,40 @@ class EncodedVideoTrack(MediaStreamTrack):
     """Returns already-encoded ``av.Packet``s, so aiortc only packetizes them.
 
     The codec is known only once the answer is made, so the track is created unbound and
-    :meth:`attach` binds it to the shared encoder of the negotiated codec. A bound track starts
-    at the next keyframe, which it asks for, so a late joiner decodes at once.
+    :meth:`attach` binds it to a shared encoder (a rung of the ladder). A bound track starts at
+    the next keyframe, which it asks for, so a late joiner decodes at once. :meth:`switch`
+    moves it to another rung at that rung's next IDR: until the IDR arrives the viewer keeps
+    getting its current rung, so it sees a change of size, never a broken picture.
+
+    The track holds no lease on the encoders it reads: its owner (the viewer's peer) acquires
+    and releases them, and keeps :attr:`encoder` and :attr:`pending` leased.
     """
 
     kind = "video"
 
-    def __init__(self, on_stop: Callable[[SharedEncoder], None] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self._encoder: SharedEncoder | None = None
+        self._pending: SharedEncoder | None = None
+        self._pending_after = 0
         self._attached = asyncio.Event()
-        self._on_stop = on_stop
         self._after = 0
         self._synced = False
+        self._last_pts = -1
         self.frames_sent = 0
+        self.keyframes_sent = 0
         self.resyncs = 0
+        self.switches = 0
+
+    @property
+    def encoder(self) -> SharedEncoder | None:
+        """The rung this track sends now."""
+        return self._encoder
+
+    @property
+    def pending(self) -> SharedEncoder | None:
+        """The rung this track moves to at its next keyframe, if a switch is under way."""
+        return self._pending
 
     def attach(self, encoder: SharedEncoder) -> None:
         if self._encoder is not None:
@@ -44,42 +62,89 @@ class EncodedVideoTrack(MediaStreamTrack):
         encoder.request_keyframe()
         self._attached.set()
 
+    def switch(self, encoder: SharedEncoder) -> None:
+        """Move to ``encoder`` at its next keyframe (asked for now); a later call wins."""
+        if self._encoder is None:
+            raise RuntimeError("track not attached")
+        if encoder is self._encoder:
+            self._pending = None
+            return
+        self._pending = encoder
+        self._pending_after = encoder.newest_seq
+        encoder.request_keyframe()
+
     def request_keyframe(self) -> None:
-        """Called for this viewer's PLI/FIR (hooked into its RTCRtpSender)."""
-        if self._encoder is not None:
-            self._encoder.request_keyframe()
+        """Called for this viewer's PLI/FIR (hooked into its RTCRtpSender): an IDR of the rung
+        it gets next."""
+        target = self._pending or self._encoder
+        if target is not None:
+            target.request_keyframe()
+
+    def _switch_now(self) -> Packet | None:
+        """The target rung's keyframe, if it has one this viewer can continue with."""
+        pending = self._pending
+        assert pending is not None
+        item = pending.keyframe_after(self._pending_after)
+        if item is None:
+            return None
+        packet = item.packet
+        pts = int(packet.pts or 0)
+        if pts < self._last_pts:
+            # Older than what the viewer has already shown (the target rung lags behind): its
+            # timestamps would run backwards. Wait for the next one.
+            self._pending_after = item.seq
+            pending.request_keyframe()
+            return None
+        if pts == self._last_pts:
+            # The same captured frame as the last one sent (both rungs encode every frame):
+            # one tick later, so the receiver sees a new frame. A copy: packets are shared.
+            packet = av.Packet(bytes(packet))
+            packet.pts = packet.dts = pts + 1
+            packet.time_base = TIME_BASE
+            packet.is_keyframe = True
+        self._encoder, self._pending = pending, None
+        self._after = item.seq
+        self._synced = True
+        self.switches += 1
+        return packet
 
     async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
         await self._attached.wait()
-        encoder = self._encoder
-        assert encoder is not None
         while True:
-            try:
-                item = await encoder.next_frame(self._after)
-            except FellBehind:
-                # Jump to the present; a keyframe is needed to decode from there.
-                self.resyncs += 1
-                self._after = encoder.newest_seq
-                self._synced = False
-                encoder.request_keyframe()
-                continue
-            except EncoderClosed:
-                self.stop()
-                raise MediaStreamError from None
-            self._after = item.seq
-            if not self._synced:
-                if not item.keyframe:
+            encoder = self._encoder
+            assert encoder is not None
+            packet: Packet | None = None
+            if self._pending is not None:
+                packet = self._switch_now()
+            if packet is None:
+                try:
+                    item = await encoder.next_frame(self._after)
+                except FellBehind:
+                    # Jump to the present; a keyframe is needed to decode from there.
+                    self.resyncs += 1
+                    self._after = encoder.newest_seq
+                    self._synced = False
+                    encoder.request_keyframe()
                     continue
-                self._synced = True
+                except EncoderClosed:
+                    if self._pending is not None:  # its rung stopped: the next one carries on
+                        self._encoder, self._pending = self._pending, None
+                        self._after, self._synced = self._pending_after, False
+                        continue
+                    self.stop()
+                    raise MediaStreamError from None
+                self._after = item.seq
+                if not self._synced:
+                    if not item.keyframe:
+                        continue
+                    self._synced = True
+                packet = item.packet
             self.frames_sent += 1
-            return item.packet
-
-    def stop(self) -> None:
-        if self.readyState == "live" and self._encoder is not None and self._on_stop:
-            self._on_stop(self._encoder)
-        super().stop()
+            self.keyframes_sent += bool(packet.is_keyframe)
+            self._last_pts = int(packet.pts or 0)
+            return packet
 
 
 class RawVideoTrack(MediaStreamTrack):

@@ -51,6 +51,10 @@ class FrameWorker(abc.ABC, Generic[R]):
         await cancel_and_wait(self._task)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _wants(self, frame: CapturedFrame) -> bool:
+        """On the loop: whether to work on ``frame`` at all (a lower frame rate skips some)."""
+        return True
+
     @abc.abstractmethod
     def _prepare(self, frame: CapturedFrame, seq: int) -> Callable[[], R]:
         """On the loop: the blocking step for ``frame``, to run on the worker's thread."""
@@ -69,6 +73,8 @@ class FrameWorker(abc.ABC, Generic[R]):
         try:
             while True:
                 after, frame = await self._frames.next(after)
+                if not self._wants(frame):
+                    continue
                 result = await loop.run_in_executor(self._executor, self._prepare(frame, after))
                 self._deliver(result, frame)
         except (asyncio.CancelledError, LatestClosed):

@@ -1,0 +1,182 @@
+"""The per-viewer rung controller and the ladder's rungs, with made-up reports and clocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from webrtc.controller import (
+    DOWN_COOLDOWN,
+    PROBE_BASE,
+    PROBE_HOLD,
+    PROBE_MAX,
+    RungController,
+    wire_bitrate,
+)
+from webrtc.ladder import Ladder, LadderSpec, Rung
+
+#: Wire needs of the default ladder of a 640x480@30 source (921/368/138/64 kbit/s).
+NEEDS = [1_028_000, 420_000, 166_000, 77_000]
+
+
+def run(controller: RungController, start: float, end: float, step: float = 0.25) -> list[int]:
+    """Ask for decisions every ``step`` s from ``start`` to ``end``; the rungs moved to."""
+    moves: list[int] = []
+    t = start
+    while t <= end:
+        decision = controller.decide(t)
+        if decision is not None:
+            moves.append(decision.index)
+        t += step
+    return moves
+
+
+def test_a_clean_link_stays_on_the_top_rung() -> None:
+    """No trouble reported: the top rung, however long."""
+    c = RungController(NEEDS, now=0.0)
+    for t in range(60):
+        c.on_remb(2_000_000, float(t))
+        c.on_receiver_report(0.0, 0.02, float(t))
+    assert run(c, 0.0, 60.0) == []
+    assert c.index == 0
+
+
+def test_a_low_but_steady_estimate_at_start_is_not_congestion() -> None:
+    """Receivers start their estimate low and raise it; only a drop means a queue."""
+    c = RungController(NEEDS, now=0.0)
+    for i in range(20):
+        c.on_remb(300_000 + 50_000 * i, i * 0.5)
+    assert run(c, 0.0, 10.0) == []
+
+
+def test_congestion_steps_down_at_once_to_the_rung_the_estimate_carries() -> None:
+    """A REMB drop to 300 kbit/s: straight to the rung that fits, within one decision."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_remb(1_500_000, 5.0)
+    c.on_remb(300_000, 5.1)
+    decision = c.decide(5.2)
+    assert decision is not None
+    assert decision.index == 2  # 166 kbit/s fits in 90 % of 300 kbit/s; 420 does not
+    assert "estimate" in decision.reason
+
+
+def test_loss_steps_down_one_rung_at_a_time_with_a_cooldown() -> None:
+    """Heavy loss without an estimate: one rung, then another only after the cooldown."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.3, None, 5.0)
+    assert c.decide(5.0) is not None
+    assert c.index == 1
+    c.on_receiver_report(0.3, None, 5.0 + DOWN_COOLDOWN / 2)
+    assert c.decide(5.0 + DOWN_COOLDOWN / 2) is None  # reports this soon describe the old rung
+    c.on_receiver_report(0.3, None, 5.0 + DOWN_COOLDOWN + 0.1)
+    assert c.decide(5.0 + DOWN_COOLDOWN + 0.1) is not None
+    assert c.index == 2
+
+
+def test_a_standing_queue_in_the_round_trip_time_steps_down() -> None:
+    """RTT 400 ms above the lowest seen: the path queues, even without loss or REMB."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.0, 0.02, 1.0)
+    c.on_receiver_report(0.0, 0.45, 5.0)
+    decision = c.decide(5.0)
+    assert decision is not None
+    assert decision.index == 1
+    assert "round trip" in decision.reason
+
+
+def test_steps_up_when_the_estimate_carries_the_next_rung() -> None:
+    """An estimate well above the next rung, held for a while: one rung up."""
+    c = RungController(NEEDS, start=2, now=0.0)
+    moves = []
+    for i in range(20):
+        t = i * 0.25
+        c.on_remb(600_000, t)
+        c.on_receiver_report(0.0, 0.02, t)
+        decision = c.decide(t)
+        if decision is not None:
+            moves.append((t, decision.index))
+    assert moves
+    assert moves[0][1] == 1
+    assert moves[0][0] >= 2.0  # not at once: steps up are slow
+
+
+def test_a_failed_probe_goes_back_and_waits_twice_as_long() -> None:
+    """A probe into congestion returns at once; the next one comes later, up to a cap."""
+    c = RungController(NEEDS, start=2, now=0.0)
+    c.on_remb(250_000, 0.0)  # a receiver capped by what it gets: never reaches the next rung
+    first = run(c, 0.0, PROBE_BASE + 2)
+    assert first == [1]
+    assert c.probing
+    probe_at = c._changed_at
+    c.on_remb(200_000, probe_at + 0.8)  # the queue grows: the estimate falls
+    decision = c.decide(probe_at + 0.8)
+    assert decision is not None
+    assert decision.index == 2
+    assert "probe failed" in decision.reason
+    assert not c.probing
+    # The next probe waits twice the base.
+    assert run(c, probe_at + 0.8, probe_at + 0.8 + 2 * PROBE_BASE - 0.5) == []
+    assert run(c, probe_at + 0.8 + 2 * PROBE_BASE - 0.25, probe_at + 0.8 + 2 * PROBE_BASE + 0.5)
+    assert c._probe_wait <= PROBE_MAX
+
+
+def test_a_probe_that_holds_climbs_again_soon() -> None:
+    """A recovered link: each probe that holds is followed quickly by the next."""
+    c = RungController(NEEDS, start=3, now=0.0)
+    t, moves = 0.0, []
+    while t < 20.0 and c.index > 0:
+        c.on_receiver_report(0.0, 0.02, t)
+        decision = c.decide(t)
+        if decision is not None:
+            moves.append((round(t, 2), decision.index))
+        t += 0.25
+    assert [index for _, index in moves] == [2, 1, 0]
+    assert moves[-1][0] <= PROBE_BASE + 2 * (PROBE_HOLD + 1.5) + 1.0
+
+
+def test_stale_reports_are_no_evidence() -> None:
+    """A loss report from long ago does not keep a viewer down."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.5, None, 1.0)
+    assert c.decide(10.0) is None
+
+
+def test_wire_bitrate_adds_headers() -> None:
+    assert wire_bitrate(100_000, 30) > 110_000
+
+
+# -- the ladder ------------------------------------------------------------------------------
+
+
+def test_the_default_ladder_follows_the_source_size() -> None:
+    """640x480@30 at 921 kbit/s: full, 360p at 40 %, 240p at 15 %, 180p at half rate."""
+    ladder = LadderSpec().resolve(640, 480, 30.0, 921_600)
+    assert [(r.height, r.bitrate, r.fps) for r in ladder.rungs] == [
+        (0, 921_600, 0.0),
+        (360, 368_640, 0.0),
+        (240, 138_240, 0.0),
+        (180, 64_512, 15.0),
+    ]
+
+
+def test_the_bottom_rung_stays_small_for_big_sources() -> None:
+    ladder = LadderSpec().resolve(1920, 1080, 30.0, 6_000_000)
+    assert ladder.rungs[-1].bitrate <= 90_000
+    assert ladder.rungs[-1].height <= 405
+
+
+def test_ladder_off_is_one_rung_at_the_top_bitrate() -> None:
+    assert LadderSpec.parse("off").resolve(640, 480, 30, 921_600) == Ladder((Rung(0, 921_600),))
+
+
+def test_explicit_rungs_are_parsed_and_ordered() -> None:
+    spec = LadderSpec.parse("240p@60k/15,720p@2.5m,360p@500k")
+    ladder = spec.resolve(1280, 720, 30, 2_000_000)
+    assert [str(r) for r in ladder.rungs] == ["full@2500k", "360p@500k", "240p@60k/15"]
+
+
+@pytest.mark.parametrize(
+    "text", ["480p", "fast", "480p@1k", "99999p@500k", "240p@60k/500", "1p@1m,1p@1m"]
+)
+def test_bad_ladders_are_refused_with_a_reason(text: str) -> None:
+    with pytest.raises(ValueError, match=r"rung|ladder"):
+        LadderSpec.parse(text)

@@ -1,0 +1,237 @@
+"""Which rung of the ladder a viewer's link carries: a per-viewer controller, sans-I/O.
+
+The controller is fed what the viewer's browser reports anyway — REMB (the receiver's estimate
+of what its path carries, from the delay of arriving packets), RTCP receiver reports (fraction
+lost, jitter) and the round-trip time computed from them — and answers, whenever asked, the rung
+the viewer should be on. It never touches a socket or a clock of its own: every call takes
+``now`` (``time.monotonic()``), so every rule is tested with made-up reports.
+
+The rules, in order:
+
+- **Congestion steps down at once.** A drop in the REMB estimate (the receiver's delay-based
+  detector fired), loss of 10 % or more, or a round-trip time well above the lowest seen: the
+  viewer moves to the highest rung the estimate carries, at least one rung down. Consecutive
+  step-downs are spaced by ``DOWN_COOLDOWN`` so that one switch can take effect (the queue in the
+  path drains) before the next is judged.
+- **Steps up are slow.** When the estimate itself carries the next rung with margin, for
+  ``UP_HOLD`` seconds, the viewer moves up one rung.
+- **Probing.** A receiver's estimate rarely grows beyond 1.5x what it receives, and rungs are
+  further apart than that, so a viewer on a low rung would never learn that its link recovered.
+  After ``PROBE_BASE`` seconds without trouble the controller tries the next rung up; trouble
+  within ``PROBE_HOLD`` seconds sends it back and doubles the wait (up to ``PROBE_MAX``), a probe
+  that holds resets the wait to ``PROBE_AGAIN`` so a recovered link climbs quickly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: The bitrate a rung needs on the wire: media + RTP/SRTP/UDP/IP headers + retransmissions.
+WIRE_FACTOR = 1.1
+HEADER_BITS_PER_FRAME = 2 * 60 * 8  # ~2 packets a frame, ~60 bytes of headers each
+#: A fresh report: older ones are not evidence of anything.
+REPORT_MAX_AGE = 3.0
+#: Congestion signals.
+REMB_DROP = 0.9  # a REMB below 90 % of the previous one: the receiver saw queueing
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+RTT_RISE = 0.25  # seconds above the lowest round-trip time seen: a standing queue
+#: Timing of decisions (seconds).
+REMB_SETTLE = 0.5  # reports this soon after a change still describe the previous rung
+RTT_SETTLE = 1.5  # a queue takes about this long to drain after a step down
+DOWN_COOLDOWN = 1.0
+UP_HOLD = 2.0
+UP_MARGIN = 1.15
+PROBE_BASE = 4.0
+PROBE_AGAIN = 1.5
+PROBE_MAX = 30.0
+PROBE_HOLD = 3.0
+#: A rung change the viewer has not completed within this is forgotten (its track may still be
+#: waiting for an IDR); the controller judges the rung it is really on.
+STARTUP_GRACE = 1.5
+
+
+def wire_bitrate(bitrate: int, fps: float) -> int:
+    """What a rung of ``bitrate`` bit/s at ``fps`` frames a second takes on the wire."""
+    return round(bitrate * WIRE_FACTOR + HEADER_BITS_PER_FRAME * fps)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A change of rung: to ``index``, and why (for the log and the status)."""
+
+    index: int
+    reason: str
+
+
+class RungController:
+    """Picks one viewer's rung. Index 0 is the top of the ladder (most bits)."""
+
+    def __init__(self, needs: Sequence[int], *, start: int = 0, now: float) -> None:
+        """``needs``: the wire bitrate of each rung, top first (see :func:`wire_bitrate`)."""
+        if not needs:
+            raise ValueError("a controller needs at least one rung")
+        self._needs = list(needs)
+        self.index = min(max(0, start), len(needs) - 1)
+        self._changed_at = now
+        self._last_down = -math.inf
+        self._calm_since = now + STARTUP_GRACE
+        self._probe_from: int | None = None
+        self._probe_started = 0.0
+        self._probe_wait = PROBE_BASE
+        self._failed_probes = 0
+        self._remb: int | None = None
+        self._remb_at = -math.inf
+        self._remb_dropped_at = -math.inf
+        self._loss = 0.0
+        self._loss_at = -math.inf
+        self._rtt: float | None = None
+        self._rtt_min: float | None = None
+        self._rtt_at = -math.inf
+        self._started = now
+        self.switches = 0
+        self.probes = 0
+        self.last_reason = "start"
+
+    # -- reports --------------------------------------------------------------------------
+
+    def on_remb(self, bitrate: int, now: float) -> None:
+        """The receiver's estimated maximum bitrate (REMB), bit/s."""
+        if self._remb is not None and bitrate < self._remb * REMB_DROP:
+            self._remb_dropped_at = now
+        self._remb = bitrate
+        self._remb_at = now
+
+    def on_receiver_report(self, fraction_lost: float, rtt: float | None, now: float) -> None:
+        """A receiver report: ``fraction_lost`` 0-1 since the previous one; ``rtt`` seconds."""
+        self._loss = min(1.0, max(0.0, fraction_lost))
+        self._loss_at = now
+        if rtt is not None and rtt >= 0:
+            self._rtt = rtt
+            self._rtt_at = now
+            self._rtt_min = rtt if self._rtt_min is None else min(self._rtt_min, rtt)
+
+    # -- what the status shows -----------------------------------------------------------------
+
+    @property
+    def estimate(self) -> int | None:
+        """The receiver's latest estimate of its path, bit/s (None before the first REMB)."""
+        return self._remb
+
+    @property
+    def fraction_lost(self) -> float:
+        return self._loss
+
+    @property
+    def rtt(self) -> float | None:
+        return self._rtt
+
+    @property
+    def probing(self) -> bool:
+        return self._probe_from is not None
+
+    @property
+    def probe_from(self) -> int | None:
+        """During a probe: the rung to go back to if it fails."""
+        return self._probe_from
+
+    # -- the decision -------------------------------------------------------------------------
+
+    def _fresh(self, at: float, now: float) -> bool:
+        return now - at <= REPORT_MAX_AGE
+
+    def _since_change(self, at: float, settle: float) -> bool:
+        """A report that can judge the current rung: it came ``settle`` s after the last change
+        (before that it describes the previous rung, or a queue still draining)."""
+        return at >= self._changed_at + settle
+
+    def _congested(self, now: float) -> str | None:
+        """Why the path is congested now, or None."""
+        if (
+            self._remb is not None
+            and now - self._remb_dropped_at <= DOWN_COOLDOWN
+            and self._since_change(self._remb_dropped_at, REMB_SETTLE)
+            and self._remb < self._needs[self.index]
+        ):
+            return f"estimate fell to {self._remb // 1000} kbit/s"
+        if (
+            self._fresh(self._loss_at, now)
+            and self._since_change(self._loss_at, REMB_SETTLE)
+            and self._loss >= LOSS_HIGH
+        ):
+            return f"{self._loss:.0%} lost"
+        if (
+            self._rtt is not None
+            and self._rtt_min is not None
+            and self._fresh(self._rtt_at, now)
+            and self._since_change(self._rtt_at, RTT_SETTLE)
+            and self._rtt > self._rtt_min + RTT_RISE
+        ):
+            return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
+        return None
+
+    def _fits(self, bitrate: float) -> int:
+        """The highest rung whose need is within ``bitrate``; the bottom rung if none is."""
+        for i, need in enumerate(self._needs):
+            if need <= bitrate:
+                return i
+        return len(self._needs) - 1
+
+    def _move(self, index: int, reason: str, now: float) -> Decision:
+        if index > self.index:
+            self._last_down = now
+        self.index = index
+        self._changed_at = now
+        self._calm_since = now
+        self.switches += 1
+        self.last_reason = reason
+        return Decision(index, reason)
+
+    def decide(self, now: float) -> Decision | None:
+        """The rung to move to now, or None to stay."""
+        bottom = len(self._needs) - 1
+        why = self._congested(now)
+        if why is not None:
+            self._calm_since = now
+            if self._probe_from is not None:
+                back = self._probe_from
+                self._probe_from = None
+                self._failed_probes += 1
+                self._probe_wait = min(PROBE_MAX, PROBE_BASE * 2**self._failed_probes)
+                return self._move(back, f"probe failed: {why}", now)
+            if self.index >= bottom or now - self._last_down < DOWN_COOLDOWN:
+                return None
+            target = self.index + 1
+            if self._remb is not None and self._fresh(self._remb_at, now):
+                target = max(target, self._fits(self._remb * 0.9))
+            # A fresh step down: probing starts again from its base wait.
+            self._probe_wait = max(self._probe_wait, PROBE_BASE)
+            return self._move(target, f"congestion: {why}", now)
+
+        if self._probe_from is not None:
+            if now - self._probe_started >= PROBE_HOLD:
+                self._probe_from = None
+                self._failed_probes = 0
+                self._probe_wait = PROBE_AGAIN
+                self.last_reason = "probe held"
+            return None
+        if self.index == 0 or now < self._calm_since:
+            return None
+        calm = now - self._calm_since
+        above = self._needs[self.index - 1]
+        if (
+            self._remb is not None
+            and self._fresh(self._remb_at, now)
+            and self._remb >= above * UP_MARGIN
+            and calm >= UP_HOLD
+        ):
+            return self._move(self.index - 1, f"estimate {self._remb // 1000} kbit/s", now)
+        lossy = self._fresh(self._loss_at, now) and self._loss > LOSS_LOW
+        if calm >= self._probe_wait and not lossy:
+            self._probe_from = self.index
+            self._probe_started = now
+            self.probes += 1
+            return self._move(self.index - 1, "probing", now)
+        return None
