@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ class Received:
     height: int = 0
     first_frame_at: float | None = None
     last_luma: float = 0.0  # mean brightness of the lower half of the newest decoded frame
+    keyframes: int = 0  # decoded frames that were keyframes (IDRs)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each new size, in order
 
 
 class AiortcViewer:
@@ -135,6 +138,9 @@ class AiortcViewer:
                 if received.first_frame_at is None:
                     received.first_frame_at = time.monotonic()
                 received.width, received.height = frame.width, frame.height  # type: ignore[union-attr]
+                received.keyframes += bool(frame.key_frame)  # type: ignore[union-attr]
+                if not received.sizes or received.sizes[-1] != (received.width, received.height):
+                    received.sizes.append((received.width, received.height))
                 if self.decode_bar:
                     luma = frame.to_ndarray(format="gray")  # type: ignore[union-attr]
                     received.last_luma = float(luma[luma.shape[0] // 2 :].mean())
@@ -164,6 +170,25 @@ class AiortcViewer:
             if data.get("type") != "rung":
                 return data
             self.rungs.append(data)
+
+    async def wait_rung(
+        self, predicate: Callable[[dict[str, Any]], bool] = lambda rung: True, timeout: float = 10
+    ) -> dict[str, Any]:
+        """The first rung notice (already received or to come) that satisfies ``predicate``."""
+        assert self.ws is not None
+        for rung in self.rungs:
+            if predicate(rung):
+                return rung
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise RuntimeError(f"socket ended: {msg.type.name}")
+                data: dict[str, Any] = json.loads(msg.data)
+                if data.get("type") == "rung":
+                    self.rungs.append(data)
+                    if predicate(data):
+                        return data
 
     def selected_local_candidate_type(self) -> str | None:
         """The type of the local candidate of the nominated ICE pair (aioice internals)."""
