@@ -104,8 +104,9 @@ async def test_congestion_moves_a_viewer_down_and_the_picture_keeps_decoding(
         assert viewer.received.sizes[-1] == (viewer.received.width, viewer.received.height)
         assert viewer.received.last_luma > 20  # a picture, not a black or broken frame
         assert (await viewer.wait_rung(lambda r: r["index"] > 0))["bitrate"] < 921_600
-        peer = service.peers.peers()[0].stats()
-        assert peer["rungSwitches"] >= 1
+        switches = service.peers.peers()[0].stats()["rungSwitches"]
+        assert isinstance(switches, int)
+        assert switches >= 1
         assert sum(service.encoders.started.values()) >= 2
     finally:
         await viewer.close()
