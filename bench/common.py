@@ -196,17 +196,29 @@ ACCESS_FLAGS = ("--no-auth", "--max-per-address", "100000")
 
 @contextlib.asynccontextmanager
 async def peercam_server(
-    options: ServerOptions, max_viewers: int, niceness: int = 0
+    options: ServerOptions,
+    max_viewers: int,
+    niceness: int = 0,
+    *,
+    host: str = "127.0.0.1",
+    ice_addresses: Sequence[str] = ("127.0.0.1",),
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[Server]:
-    """peercam on the test pattern, pinned to the server core, ready to serve."""
+    """peercam on the test pattern, pinned to the server core, ready to serve.
+
+    ``host``, ``ice_addresses`` and ``extra_args`` serve the link benchmark (viewers in network
+    namespaces reach it on their veth; modes add flags). Raises RuntimeError if it exits early
+    (e.g. a flag it does not know).
+    """
     port = free_port()
     args = [
         *prefix(SERVER_CORE, niceness), sys.executable, "server.py", "--source", "test",
         "--width", str(options.width), "--height", str(options.height),
         "--fps", f"{options.fps:g}", "--encoder", options.encoder, "--codec", options.codec,
-        "--host", "127.0.0.1", "--port", str(port), "--ice-address", "127.0.0.1",
+        "--host", host, "--port", str(port),
+        *(arg for address in ice_addresses for arg in ("--ice-address", address)),
         "--max-viewers", str(max(1, max_viewers)), "--log-level", "WARNING",
-        *ACCESS_FLAGS,
+        *ACCESS_FLAGS, *extra_args,
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(*args, cwd=ROOT)
     server = Server(process, port)

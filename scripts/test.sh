@@ -5,7 +5,7 @@
 source "$(dirname "$0")/bootstrap.sh"
 cd "$ROOT"
 
-apt_install chromium coturn
+apt_install chromium coturn nftables
 ensure_venv test
 
 echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .

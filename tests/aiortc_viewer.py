@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,8 +52,11 @@ class AiortcViewer:
         ice_servers: list[RTCIceServer] | None = None,
         use_config_ice_servers: bool = False,
         relay_only: bool = False,
+        local_addresses: Sequence[str] = ("127.0.0.1",),
     ) -> None:
         self.ws_url = ws_url
+        #: The addresses ICE announces; empty: aioice's own choice (every non-loopback one).
+        self.local_addresses = tuple(local_addresses)
         self.codec = codec
         self.decode_bar = decode_bar
         self.user_agent = user_agent
@@ -114,7 +117,7 @@ class AiortcViewer:
                 [c for c in caps if c.mimeType == mime]
                 + [c for c in caps if c.mimeType == "video/rtx"]
             )
-        with announce_only(["127.0.0.1"]):
+        with announce_only(self.local_addresses):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
         self.answer = await self.next_server_message(timeout=10)

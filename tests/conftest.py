@@ -15,8 +15,9 @@ from signaling.state import Service
 from webrtc.sources import TestPatternSource
 
 # Every test client is 127.0.0.1: the per-address cap is tested on its own (test_security).
-# The ``playwright`` and ``browser`` fixtures of the browser tests.
-pytest_plugins = ["tests.browser"]
+# The ``playwright`` and ``browser`` fixtures of the browser tests; the network lab's
+# ``viewer_net`` and ``make_viewer_net``.
+pytest_plugins = ["tests.browser", "tests.netlab"]
 
 LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",), max_per_address=1000)
 
@@ -25,14 +26,19 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
-    """Start peercam servers on 127.0.0.1 (ephemeral ports); all are closed after the test."""
+    """Start peercam servers on 127.0.0.1 (ephemeral ports); all are closed after the test.
+
+    ``host=`` binds elsewhere (``"0.0.0.0"``: also reachable from the network lab's viewer
+    namespaces); every other keyword overrides a field of the loopback :class:`Config`.
+    """
     servers: list[TestServer] = []
 
     async def start(**overrides: object) -> TestServer:
         source_args = overrides.pop("pattern", {})
+        host = str(overrides.pop("host", "127.0.0.1"))
         config = replace(LOOPBACK_CONFIG, **overrides)  # type: ignore[arg-type]
         app = create_app(config, source=TestPatternSource(**source_args))  # type: ignore[arg-type]
-        server = TestServer(app, host="127.0.0.1", port=0)
+        server = TestServer(app, host=host, port=0)
         await server.start_server()
         servers.append(server)
         return server

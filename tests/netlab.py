@@ -1,0 +1,551 @@
+"""A network lab on one machine: viewers in their own network namespaces, behind links that are
+slow, lossy or closed to UDP (../shared/NETLAB.md has the kernel's facts and pitfalls).
+
+Topology of one :class:`ViewerNet` (``k`` = its index, 0-63)::
+
+    current namespace (the server)                viewer namespace (held by `sleep infinity`)
+    nl<k>s 198.51.100.<4k+1>/30  ==== veth ====  nl<k>v 198.51.100.<4k+2>/30, lo up,
+      egress: tbf (the viewer's downlink)              default route via 198.51.100.<4k+1>
+    nftables table `inet netlab_nl<k>s` in each namespace, on that veth only: loss and UDP
+    blocking, applied where packets arrive
+
+Nothing is routed any further: the current namespace is the test's own (``scripts/test.sh`` runs
+pytest in ``unshare -n``) or the benchmark's. Clients run inside the viewer namespace with
+``nsenter``: Chromium through a wrapper script (:func:`chromium_in`), the aiortc viewer as a
+subprocess (:class:`NetAiortcViewer`, ``python -m tests.netlab_viewer``), and probe sockets made
+in a throwaway thread that entered the namespace (:meth:`ViewerNet.socket`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+from playwright.async_api import Browser, Page, Playwright
+
+from bench.clients import HARNESS_JS
+from tests.browser import CHROMIUM_ARGS, DEFAULT_CHROMIUM
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBNET = ipaddress.IPv4Network("198.51.100.0/24")
+MAX_NETS = SUBNET.num_addresses // 4  # one /30 each
+DEFAULT_BURST_BYTES = 32 * 1024  # >= 32 kB: a smaller bucket stalls TCP (NETLAB.md, pitfalls)
+CLONE_NEWNET = 0x40000000
+
+#: Installed before the page's scripts: records ``[Date.now(), picture age ms | null]`` for
+#: every video frame the page presents in ``window.__bench.video`` (the benchmark's harness:
+#: requestVideoFrameCallback, a canvas strip, tests/timebar.js's readTimebar).
+PICTURE_AGE_JS = HARNESS_JS
+
+
+class NetLabError(RuntimeError):
+    """A lab command failed (the message has the command and what it said)."""
+
+
+async def run(*argv: str, stdin: str | None = None) -> str:
+    """Run a short command (ip, tc, nft, nsenter); its stdout, or :class:`NetLabError`."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(None if stdin is None else stdin.encode())
+    if process.returncode != 0:
+        raise NetLabError(f"{shlex.join(argv)}: exit {process.returncode}: {err.decode().strip()}")
+    return out.decode()
+
+
+def is_isolated() -> bool:
+    """Whether this process's network namespace has only ``lo`` (TESTING.md §1)."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What a viewer's link does now: a rate limit of its downlink, loss, UDP blocked."""
+
+    rate_kbit: int | None = None
+    latency_ms: int = 500
+    loss_percent: int = 0
+    udp_blocked: bool = False
+
+
+class ViewerNet:
+    """A viewer's network namespace behind its own veth link to the current namespace.
+
+    ``async with ViewerNet() as net:`` creates it; everything (nftables table, veth pair, the
+    holder process and with it the namespace) is removed on exit, also when the block raises.
+    ``index`` picks the /30 (and names ``nl<index>s`` / ``nl<index>v``); by default the first one
+    free in this namespace, so several viewers coexist.
+    """
+
+    def __init__(self, index: int | None = None) -> None:
+        if index is not None and not 0 <= index < MAX_NETS:
+            raise ValueError(f"index {index}: must be 0-{MAX_NETS - 1}")
+        self._wanted = index
+        self._index: int | None = None
+        self._holder: asyncio.subprocess.Process | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._link = LinkState()
+
+    # -- what it is --
+
+    @property
+    def index(self) -> int:
+        if self._index is None:
+            raise RuntimeError("the viewer network is not up (use `async with`)")
+        return self._index
+
+    @property
+    def pid(self) -> int:
+        """The holder process: ``nsenter -t PID -n`` enters the viewer's namespace."""
+        if self._holder is None:
+            raise RuntimeError("the viewer network is not up (use `async with`)")
+        return self._holder.pid
+
+    @property
+    def server_address(self) -> str:
+        """The current namespace's end of the link (where the server is reached)."""
+        return str(SUBNET.network_address + 4 * self.index + 1)
+
+    @property
+    def viewer_address(self) -> str:
+        return str(SUBNET.network_address + 4 * self.index + 2)
+
+    @property
+    def server_ifname(self) -> str:
+        return f"nl{self.index}s"
+
+    @property
+    def viewer_ifname(self) -> str:
+        return f"nl{self.index}v"
+
+    @property
+    def nft_table(self) -> str:
+        return f"netlab_{self.server_ifname}"
+
+    @property
+    def link(self) -> LinkState:
+        return self._link
+
+    def nsenter(self, *argv: str) -> list[str]:
+        """``argv`` as a command that runs inside the viewer's namespace."""
+        return ["nsenter", "-t", str(self.pid), "-n", *argv]
+
+    def __repr__(self) -> str:
+        where = "down" if self._index is None else f"{self.viewer_address} pid {self.pid}"
+        return f"ViewerNet({where}, {self._link})"
+
+    # -- lifetime --
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        # The holder says "ready" only once it is in its own namespace: before that, moving the
+        # veth end "into" its namespace would leave it here.
+        holder = await asyncio.create_subprocess_exec(
+            "unshare", "-n", "sh", "-c", "echo ready && exec sleep infinity",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._holder = holder
+        self._stack.push_async_callback(self._stop_holder, holder)
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), 10)
+        if line.strip() != b"ready":
+            raise NetLabError(f"the namespace holder did not start (exit {holder.returncode})")
+
+        self._index = await self._add_veth(holder.pid)
+        self._stack.push_async_callback(self._delete_veth, self.server_ifname)
+        prefix = f"/{SUBNET.prefixlen + 6}"  # /30
+        await run("ip", "addr", "add", self.server_address + prefix, "dev", self.server_ifname)
+        await run("ip", "link", "set", self.server_ifname, "up")
+        inside = self.nsenter("ip")
+        await run(*inside, "link", "set", "lo", "up")
+        await run(*inside, "addr", "add", self.viewer_address + prefix, "dev", self.viewer_ifname)
+        await run(*inside, "link", "set", self.viewer_ifname, "up")
+        # Browsers pick their "default" address from the default route; it leads nowhere else.
+        await run(*inside, "route", "add", "default", "via", self.server_address)
+        self._stack.push_async_callback(self._delete_nft_table)
+        logger.info("%r: up", self)
+
+    async def _add_veth(self, pid: int) -> int:
+        """Create the veth pair at the first free index (or the one asked for); the index."""
+        candidates = [self._wanted] if self._wanted is not None else range(MAX_NETS)
+        for index in candidates:
+            try:
+                await run(
+                    "ip", "link", "add", f"nl{index}s", "type", "veth",
+                    "peer", "name", f"nl{index}v", "netns", str(pid),
+                )  # fmt: skip
+            except NetLabError as exc:
+                if "exists" in str(exc) and self._wanted is None:
+                    continue  # another viewer network has it: try the next
+                raise
+            return index
+        raise NetLabError(f"all {MAX_NETS} viewer networks are in use")
+
+    @staticmethod
+    async def _delete_veth(ifname: str) -> None:
+        with contextlib.suppress(NetLabError):  # gone already if the holder died first
+            await run("ip", "link", "del", ifname)
+
+    async def _delete_nft_table(self) -> None:
+        for argv in (self.nsenter("nft"), ["nft"]):
+            with contextlib.suppress(NetLabError):  # no table: no loss nor blocking was set
+                await run(*argv, "delete", "table", "inet", self.nft_table)
+
+    @staticmethod
+    async def _stop_holder(holder: asyncio.subprocess.Process) -> None:
+        if holder.returncode is None:
+            holder.terminate()
+            try:
+                await asyncio.wait_for(holder.wait(), 5)
+            except TimeoutError:
+                holder.kill()
+                await holder.wait()
+
+    # -- link control --
+
+    async def set_rate(
+        self, kbit: int | None, latency_ms: int = 500, burst_bytes: int = DEFAULT_BURST_BYTES
+    ) -> None:
+        """Limit the viewer's downlink to ``kbit`` kbit/s (tbf on the server side's egress),
+        queueing up to ``latency_ms``; None removes the limit. Takes effect at once."""
+        if kbit is None:
+            with contextlib.suppress(NetLabError):  # no qdisc of ours: clean already
+                await run("tc", "qdisc", "del", "dev", self.server_ifname, "root")
+        else:
+            if kbit <= 0 or latency_ms <= 0 or burst_bytes < 1600:
+                raise ValueError("the rate and latency must be positive, the burst >= 1600 B")
+            await run(
+                "tc", "qdisc", "replace", "dev", self.server_ifname, "root", "tbf",
+                "rate", f"{kbit}kbit", "burst", str(burst_bytes), "latency", f"{latency_ms}ms",
+            )  # fmt: skip
+        self._link = LinkState(kbit, latency_ms, self._link.loss_percent, self._link.udp_blocked)
+        logger.info("%r: rate set", self)
+
+    async def set_loss(self, percent: int) -> None:
+        """Drop ``percent`` % of the UDP packets towards the viewer, at random."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"loss {percent} %: must be 0-100")
+        self._link = LinkState(self._link.rate_kbit, self._link.latency_ms, percent,
+                               self._link.udp_blocked)  # fmt: skip
+        await self._apply_filter()
+
+    async def block_udp(self, on: bool) -> None:
+        """Drop every UDP packet to and from the viewer (WebRTC media); TCP still flows."""
+        self._link = LinkState(self._link.rate_kbit, self._link.latency_ms,
+                               self._link.loss_percent, on)  # fmt: skip
+        await self._apply_filter()
+
+    async def _apply_filter(self) -> None:
+        """Make this link's nftables tables say what ``link`` says, each in one transaction.
+
+        Packets are dropped where they *arrive* (prerouting on the receiving end of the veth): a
+        drop on the sender's output path would fail its ``send()`` with EPERM, which no real
+        network does. Towards the viewer: a table in the viewer's namespace; towards the server
+        (only when UDP is blocked): one here.
+        """
+        link = self._link
+        towards_viewer, towards_server = [], []
+        if link.udp_blocked:
+            towards_viewer.append(f'iifname "{self.viewer_ifname}" meta l4proto udp drop')
+            towards_server.append(f'iifname "{self.server_ifname}" meta l4proto udp drop')
+        elif link.loss_percent:
+            towards_viewer.append(
+                f'iifname "{self.viewer_ifname}" meta l4proto udp '
+                f"numgen random mod 100 < {link.loss_percent} drop"
+            )
+        await run(*self.nsenter("nft", "-f", "-"), stdin=self._nft_script(towards_viewer))
+        await run("nft", "-f", "-", stdin=self._nft_script(towards_server))
+        logger.info("%r: filter set", self)
+
+    def _nft_script(self, rules: Sequence[str]) -> str:
+        # "add" then "delete" makes the deletion valid whether or not the table exists.
+        table = self.nft_table
+        script = [f"add table inet {table}", f"delete table inet {table}"]
+        if rules:
+            script += [
+                f"table inet {table} {{",
+                "  chain arriving { type filter hook prerouting priority -150; policy accept;",
+                *(f"    {rule}" for rule in rules),
+                "  }",
+                "}",
+            ]
+        return "\n".join(script) + "\n"
+
+    # -- probes --
+
+    def socket(self, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+        """An IPv4 socket that lives in the viewer's namespace (non-blocking, for asyncio).
+
+        Made by a throwaway thread that entered the namespace: a socket stays in the namespace
+        it was made in, and no thread of a pool is ever moved.
+        """
+        made: list[socket.socket] = []
+        failed: list[BaseException] = []
+        path = f"/proc/{self.pid}/ns/net"
+
+        def make() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    if libc.setns(fd, CLONE_NEWNET) != 0:
+                        errno = ctypes.get_errno()
+                        raise OSError(errno, f"setns({path}): {os.strerror(errno)}")
+                finally:
+                    os.close(fd)
+                made.append(socket.socket(socket.AF_INET, kind))
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=make, name=f"netns-{self.index}")
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        made[0].setblocking(False)
+        return made[0]
+
+
+# -- Chromium in a viewer namespace ------------------------------------------------------------
+
+
+def chromium_executable() -> Path:
+    """Debian's Chromium, or ``PEERCAM_CHROMIUM`` (tests/browser.py's choice)."""
+    path = Path(os.environ.get("PEERCAM_CHROMIUM") or DEFAULT_CHROMIUM)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise FileNotFoundError(f"Chromium not found at {path} (apt-get install chromium)")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def chromium_in(
+    net: ViewerNet, playwright: Playwright, *, prefix: Sequence[str] = ()
+) -> AsyncIterator[Browser]:
+    """Headless Chromium whose every process runs in ``net``'s namespace (``prefix``: e.g. a
+    ``taskset`` command). Playwright drives it over a pipe, so control needs no network."""
+    with tempfile.TemporaryDirectory(prefix="netlab-chromium-") as directory:
+        wrapper = Path(directory) / "chromium"
+        command = shlex.join([*net.nsenter(*prefix, str(chromium_executable()))])
+        wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        wrapper.chmod(0o755)
+        browser = await playwright.chromium.launch(
+            executable_path=str(wrapper), headless=True, args=list(CHROMIUM_ARGS)
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclass(frozen=True)
+class PictureStats:
+    """What a viewer saw in a window: new pictures, their age, the longest freeze."""
+
+    frames: int
+    fps: float
+    stamped: int  # pictures whose capture-time bar decoded
+    age_p50_ms: float | None
+    age_p95_ms: float | None
+    age_max_ms: float | None
+    longest_freeze_s: float  # the longest time without a new picture, window edges included
+
+
+#: One presented picture: (wall-clock time in s, its age in ms or None if the bar was damaged).
+Sample = tuple[float, float | None]
+
+
+async def picture_samples(page: Page) -> list[Sample]:
+    """Every picture the page presented so far (needs :data:`PICTURE_AGE_JS` installed)."""
+    raw: list[list[float | None]] = await page.evaluate("() => window.__bench?.video ?? []")
+    return [(float(wall or 0) / 1000, age) for wall, age in raw]
+
+
+def _percentile(values: Sequence[float], p: float) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def picture_stats(samples: Sequence[Sample], start: float, end: float) -> PictureStats:
+    """The figures of the pictures presented within ``[start, end)`` (wall-clock seconds)."""
+    if end <= start:
+        raise ValueError("the window must not be empty")
+    inside = [(t, age) for t, age in samples if start <= t < end]
+    ages = [age for _, age in inside if age is not None]
+    edges = [start, *(t for t, _ in inside), end]
+    freeze = max(b - a for a, b in itertools.pairwise(edges))
+    return PictureStats(
+        frames=len(inside),
+        fps=len(inside) / (end - start),
+        stamped=len(ages),
+        age_p50_ms=_percentile(ages, 50),
+        age_p95_ms=_percentile(ages, 95),
+        age_max_ms=max(ages, default=None),
+        longest_freeze_s=freeze,
+    )
+
+
+# -- the aiortc viewer in a viewer namespace ---------------------------------------------------
+
+
+@dataclass
+class AiortcReport:
+    """What ``tests.netlab_viewer`` has said so far (its lines, accumulated)."""
+
+    frames: int = 0
+    ages_ms: list[float] = field(default_factory=list)
+    longest_gap_s: float = 0.0
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+    ended: bool = False
+    lines: int = 0
+
+
+class NetAiortcViewer:
+    """``python -m tests.netlab_viewer`` inside ``net``'s namespace, read line by line.
+
+    ``async with NetAiortcViewer(net, ws_url) as viewer: await viewer.wait_until(...)``; on exit
+    the process gets SIGTERM (closes its peer connection and exits) and is awaited.
+    """
+
+    def __init__(
+        self, net: ViewerNet, ws_url: str, *, codec: str | None = None, seconds: float | None = None
+    ) -> None:
+        self.net = net
+        self.ws_url = ws_url
+        self.codec = codec
+        self.seconds = seconds
+        self.report = AiortcReport()
+        self._changed = asyncio.Event()
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        argv = [sys.executable, "-m", "tests.netlab_viewer", "--ws", self.ws_url,
+                "--address", self.net.viewer_address]  # fmt: skip
+        if self.codec:
+            argv += ["--codec", self.codec]
+        if self.seconds is not None:
+            argv += ["--seconds", f"{self.seconds:g}"]
+        self._process = await asyncio.create_subprocess_exec(
+            *self.net.nsenter(*argv), cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._process))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        # Runs until the process closes its stdout; always marks the report ended, so that
+        # waiters learn the viewer is gone instead of waiting out their bound.
+        assert process.stdout is not None
+        try:
+            async for raw in process.stdout:
+                line: dict[str, Any] = json.loads(raw)
+                report = self.report
+                report.lines += 1
+                report.frames = int(line.get("frames", report.frames))
+                report.ages_ms += [float(a) for a in line.get("ages_ms", [])]
+                report.longest_gap_s = float(line.get("longest_gap_s", report.longest_gap_s))
+                report.width = int(line.get("width", report.width))
+                report.height = int(line.get("height", report.height))
+                report.error = line.get("error") or report.error
+                self._changed.set()
+        except json.JSONDecodeError:
+            logger.exception("netlab viewer: a line that is not JSON")
+        finally:
+            self.report.ended = True
+            self._changed.set()
+
+    async def wait_until(
+        self, predicate: Callable[[AiortcReport], bool], timeout: float
+    ) -> AiortcReport:
+        """Wait (at most ``timeout`` s) until ``predicate(report)``; raises TimeoutError, or
+        :class:`NetLabError` if the viewer ended first."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.report):
+                if self.report.ended:
+                    raise NetLabError(f"the viewer ended: {self.report}")
+                self._changed.clear()
+                await self._changed.wait()
+        return self.report
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def viewer_net() -> AsyncIterator[ViewerNet]:
+    """A viewer namespace behind a clean link (shape it with ``set_rate`` and friends)."""
+    async with ViewerNet() as net:
+        yield net
+
+
+@pytest.fixture
+async def make_viewer_net() -> AsyncIterator[Callable[[], Awaitable[ViewerNet]]]:
+    """Start more viewer namespaces, each on its own /30; all are removed after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start() -> ViewerNet:
+            return await stack.enter_async_context(ViewerNet())
+
+        yield start
