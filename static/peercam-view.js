@@ -409,8 +409,20 @@ class PeercamView extends HTMLElement {
     this.#fallbackTimer = setTimeout(() => {
       if (pc === this.#pc) this.#fallBack(reason, "no WebRTC video in time");
     }, this.fallbackAfter * 1000);
-    const onFrame = () => {
+    const onFrame = async () => {
       if (pc !== this.#pc) return;
+      // A new stream can present a frame before anything is decoded (a renegotiation that
+      // cannot connect): only decoded frames count.
+      let decoded = 0;
+      (await pc.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.kind === "video") decoded = r.framesDecoded || 0;
+      });
+      if (pc !== this.#pc) return;
+      if (!decoded) {
+        if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
+        else video.addEventListener("playing", onFrame, { once: true });
+        return;
+      }
       // Frames decode (and WebRTC works) even while autoplay is refused: no fallback then,
       // but "playing" only once the video really plays, after the tap if one is needed.
       clearTimeout(this.#fallbackTimer);
@@ -577,8 +589,10 @@ class PeercamView extends HTMLElement {
   async #showSnapshot() {
     // A first picture at once, while WebRTC negotiates: nobody stares at an empty box.
     try {
-      const response = await fetch(new URL("/snapshot.jpg", this.url.replace(/^ws/, "http")),
-                                   { cache: "no-store" });
+      // Small and light: on a slow link it must not hold up the video that follows it.
+      const response = await fetch(
+        new URL("/snapshot.jpg?width=320&quality=50", this.url.replace(/^ws/, "http")),
+        { cache: "no-store" });
       if (!response.ok) return;
       const bitmap = await createImageBitmap(await response.blob());
       if (this.#info.state === "playing") {

@@ -48,9 +48,6 @@ PROBE_BASE = 4.0
 PROBE_AGAIN = 1.5
 PROBE_MAX = 30.0
 PROBE_HOLD = 3.0
-#: A rung change the viewer has not completed within this is forgotten (its track may still be
-#: waiting for an IDR); the controller judges the rung it is really on.
-STARTUP_GRACE = 1.5
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -77,7 +74,7 @@ class RungController:
         self.index = min(max(0, start), len(needs) - 1)
         self._changed_at = now
         self._last_down = -math.inf
-        self._calm_since = now + STARTUP_GRACE
+        self._calm_since = now
         self._probe_from: int | None = None
         self._probe_started = 0.0
         self._probe_wait = PROBE_BASE

@@ -316,6 +316,10 @@ class SharedEncoder(FrameWorker["Packet | None"]):
     def newest_seq(self) -> int:
         return self._seq
 
+    @property
+    def newest_frame(self) -> EncodedFrame | None:
+        return self._ring[-1] if self._ring else None
+
     async def next_frame(self, after: int) -> EncodedFrame:
         """The encoded frame that follows sequence number ``after``, waiting for it if needed.
 

@@ -384,10 +384,15 @@ class Peer:
             VideoKey(self.codec, _capped(r.height, cap), r.bitrate, r.fps) for r in ladder.rungs
         ]
         fps = self._manager.source_fps
+        # Start at the top: most links carry it, and a slow one is stepped down within about a
+        # second of its receiver's first estimate.
+        start = 0
         controller = self._controller = RungController(
-            [wire_bitrate(r.bitrate, r.fps or fps) for r in ladder.rungs], now=time.monotonic()
+            [wire_bitrate(r.bitrate, r.fps or fps) for r in ladder.rungs],
+            start=start,
+            now=time.monotonic(),
         )
-        track.attach(leases.take(self._keys[0]))
+        track.attach(leases.take(self._keys[start]))
         _hook_sender(self._transceiver.sender, track, controller)
         if not await self._wait_connected():
             return
@@ -449,6 +454,7 @@ class Peer:
                 "fractionLost": round(controller.fraction_lost, 3) if controller else None,
                 "rttMs": None if rtt is None else round(rtt * 1000, 1),
                 "probing": bool(controller and controller.probing),
+                "rungReason": controller.last_reason if controller else None,
                 "rungSwitches": track.switches,
                 "keyframesSent": track.keyframes_sent,
             }
@@ -505,7 +511,13 @@ def _hook_sender(
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
-                    rtt = getattr(sender, "_RTCRtpSender__rtt", None)
+                    # The round trip of this report alone: aiortc's own figure is smoothed
+                    # over many reports, far too slow to show a queue that builds or drains.
+                    rtt: float | None = None
+                    if report.lsr and report.lsr == getattr(sender, "_RTCRtpSender__lsr", None):
+                        sent_at = getattr(sender, "_RTCRtpSender__lsr_time", None)
+                        if sent_at is not None:
+                            rtt = time.time() - sent_at - report.dlsr / 65536
                     controller.on_receiver_report(report.fraction_lost / 256, rtt, now)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
@@ -516,6 +528,47 @@ def _hook_sender(
                 controller.on_remb(bitrate, now)
 
     sender._handle_rtcp_packet = observe  # type: ignore[method-assign]
+    sender._retransmit = RetransmitBudget(sender._retransmit, track)  # type: ignore[method-assign]
+
+
+#: Retransmissions a viewer may cause, as a share of its rung's bitrate: on a congested link a
+#: receiver asks again and again for what the queue dropped, and unbounded answers (aiortc's
+#: way) fill the link with old packets until nothing new gets through.
+RTX_SHARE = 0.25
+RTX_PACKET_BITS = 1200 * 8
+RTX_MIN_RATE = 5.0  # packets a second, whatever the rung
+RTX_PER_PACKET = 2  # times one packet is sent again, at most
+
+
+class RetransmitBudget:
+    """``RTCRtpSender._retransmit`` (NACK answers) under a token bucket and a per-packet cap."""
+
+    def __init__(
+        self, retransmit: Callable[[int], Awaitable[None]], track: EncodedVideoTrack
+    ) -> None:
+        self._retransmit = retransmit
+        self._track = track
+        self._tokens = RTX_MIN_RATE
+        self._last = time.monotonic()
+        self._sent: dict[int, int] = {}
+        self.refused = 0
+
+    async def __call__(self, sequence_number: int) -> None:
+        now = time.monotonic()
+        encoder = self._track.encoder
+        rate = max(RTX_MIN_RATE, (encoder.bitrate if encoder else 0) * RTX_SHARE / RTX_PACKET_BITS)
+        self._tokens = min(rate, self._tokens + (now - self._last) * rate)
+        self._last = now
+        times = self._sent.get(sequence_number, 0)
+        if self._tokens < 1 or times >= RTX_PER_PACKET:
+            self.refused += 1
+            return
+        self._tokens -= 1
+        self._sent[sequence_number] = times + 1
+        if len(self._sent) > 1024:  # sequence numbers wrap: remember the recent ones only
+            for old in list(self._sent)[:512]:
+                del self._sent[old]
+        await self._retransmit(sequence_number)
 
 
 @dataclass

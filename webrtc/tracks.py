@@ -14,6 +14,11 @@ from .latest import Latest, LatestClosed
 
 logger = logging.getLogger(__name__)
 
+#: While a rung switch is pending, a frame of the current rung waits at most this many of the
+#: target's frames, each for at most this long (s), for the target to encode as far.
+CATCH_UP_FRAMES = 3
+CATCH_UP_WAIT = 0.1
+
 
 class EncodedVideoTrack(MediaStreamTrack):
     """Returns already-encoded ``av.Packet``s, so aiortc only packetizes them.
@@ -135,16 +140,36 @@ class EncodedVideoTrack(MediaStreamTrack):
                         continue
                     self.stop()
                     raise MediaStreamError from None
+                if self._pending is not None and self._synced:
+                    # Do not run ahead of the rung being switched to: a slower rung's IDR must
+                    # not come out older than what this viewer was already sent.
+                    packet = await self._catch_up(self._pending, int(item.packet.pts or 0))
+                    if packet is not None:
+                        break
                 self._after = item.seq
                 if not self._synced:
                     if not item.keyframe:
                         continue
                     self._synced = True
                 packet = item.packet
-            self.frames_sent += 1
-            self.keyframes_sent += bool(packet.is_keyframe)
-            self._last_pts = int(packet.pts or 0)
-            return packet
+            break
+        self.frames_sent += 1
+        self.keyframes_sent += bool(packet.is_keyframe)
+        self._last_pts = int(packet.pts or 0)
+        return packet
+
+    async def _catch_up(self, pending: SharedEncoder, pts: int) -> Packet | None:
+        """Wait briefly for ``pending`` to encode up to ``pts``; its IDR if that brings one."""
+        for _ in range(CATCH_UP_FRAMES):
+            newest = pending.newest_frame
+            if newest is not None and int(newest.packet.pts or 0) >= pts:
+                break
+            try:
+                async with asyncio.timeout(CATCH_UP_WAIT):
+                    await pending.next_frame(pending.newest_seq)
+            except (TimeoutError, FellBehind, EncoderClosed):
+                break
+        return self._switch_now()
 
 
 class RawVideoTrack(MediaStreamTrack):
