@@ -282,7 +282,8 @@ class PeercamView extends HTMLElement {
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
           this.#fallBack(msg.code === "webrtc-disabled" ? "webrtc-disabled" : "offer-error",
                          `${msg.code}: ${msg.message}`);
-        } else if (this.#info.state !== "failed") {
+        } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
+          // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
         break;
