@@ -3,8 +3,10 @@ run by hand, inside a loopback-only namespace (traffic goes to 127.0.0.0/8 only)
 
     unshare -n sh -c 'ip link set lo up && exec .venv/bin/python -m bench.hostile_ice'
 
-- **STUN on demand**: ``--sessions`` sessions each offer with a ``--ufrag-chars`` ufrag and
-  trickle ``--targets`` candidates naming UDP sockets of this script; what reaches those sockets
+- **STUN on demand**: one session with a 4-character ufrag, then ``--sessions`` sessions each
+  with a ``--ufrag-chars`` ufrag, then as many with a 256-character one (RFC 8839's longest);
+  each offers, then trickles ``--targets`` candidates naming UDP sockets of this script; what
+  reaches those sockets
   in ``--window`` seconds is counted (packets, bytes, targets hit, largest packet).
 - **Many m-lines**: ``--offers`` offers of 135 video sections, each on its own socket; the
   server's RSS before and after, the replies, and the time to get them.
@@ -104,13 +106,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         url = server.ws_url + "/ws"
         plain = await stun_flood(url, 1, args.targets, 4, args.window)
         huge = await stun_flood(url, args.sessions, args.targets, args.ufrag_chars, args.window)
+        # The worst a session can still do: the longest ufrag RFC 8839 allows.
+        longest = await stun_flood(url, args.sessions, args.targets, 256, args.window)
         sections = await many_sections(url, server.pid, args.offers)
-    data = {"machine": machine(), "plainUfrag": plain, "hugeUfrag": huge, "manySections": sections}
+    data = {
+        "machine": machine(),
+        "plainUfrag": plain,
+        "hugeUfrag": huge,
+        "longestUfrag": longest,
+        "manySections": sections,
+    }
     rows = [
         f"| {name} | {r['sessions']} | {r['targetsNamed']} | {r['ufragChars']} | "
         f"{r['offerReplies']} | {r['stunPackets']} | {r['targetsHit']} | {r['udpBytes']:,} | "
         f"{r['largestPacket']} |"
-        for name, r in (("plain ufrag", plain), ("huge ufrag", huge))
+        for name, r in (("plain ufrag", plain), ("huge ufrag", huge), ("256-char ufrag", longest))
     ]
     markdown = "\n".join(
         [
