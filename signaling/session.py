@@ -17,6 +17,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from webrtc import sdpcheck
 from webrtc.errors import NegotiationError
 from webrtc.jpeg import JpegKey
 from webrtc.peers import Peer, RungInfo, ViewerHints
@@ -78,6 +79,8 @@ class ViewerSession:
         self._jpeg: JpegStream | None = None
         self._ice_servers = service.peers.settings.ice_servers_for(self.viewer_id)
         self._rate = RateLimit()
+        #: The viewer's remote candidates, counted and checked before ICE sees them.
+        self._candidates: sdpcheck.CandidateBudget | None = None
 
     async def run(self) -> None:
         config = self._service.config
@@ -126,11 +129,15 @@ class ViewerSession:
                 case messages.Offer(sdp):
                     await self._on_offer(sdp)
                 case messages.Candidate(candidate, sdp_mid, index):
-                    if self._peer is None:
+                    if self._peer is None or self._candidates is None:
                         raise messages.ProtocolError(
                             "unexpected", "a candidate came before the offer", "candidate"
                         )
-                    await self._peer.add_candidate(candidate, sdp_mid, index)
+                    admitted = self._candidates.admit(candidate, sdp_mid, index)
+                    # sdpMid/index were checked against every section of the offer (the peer
+                    # knows only the video one): the candidate goes to the bundle.
+                    if admitted is not None:
+                        await self._peer.add_candidate(admitted, None, None)
                 case messages.Bye():
                     logger.info("viewer %s said bye", self.viewer_id)
                     await self._ws.close()
@@ -160,18 +167,29 @@ class ViewerSession:
         if self._jpeg is not None:
             raise messages.ProtocolError("unexpected", "this socket is in JPEG mode", "offer")
         now = time.monotonic()
+        if self._peer is not None and now - self._offered_at < REOFFER_INTERVAL:
+            raise messages.ProtocolError(
+                "rate-limited",
+                f"a new offer replaces the session at most every {REOFFER_INTERVAL:g} s",
+                "offer",
+            )
+        # Checked before any peer connection or socket exists, and before a new offer
+        # replaces a session that plays.
+        loopback = sdpcheck.is_loopback(self._remote)
+        try:
+            checked = sdpcheck.check_offer(sdp, allow_loopback=loopback)
+        except NegotiationError as exc:
+            raise messages.ProtocolError(exc.code, str(exc), "offer") from exc
+        if checked.left_out:
+            logger.info("viewer %s: %d offer candidates left out, e.g. %s", self.viewer_id,
+                        len(checked.left_out), checked.left_out[0])  # fmt: skip
         if self._peer is not None:
-            if now - self._offered_at < REOFFER_INTERVAL:
-                raise messages.ProtocolError(
-                    "rate-limited",
-                    f"a new offer replaces the session at most every {REOFFER_INTERVAL:g} s",
-                    "offer",
-                )
             await self._stop_peer("replaced by a new offer")
         self._offered_at = now
+        self._candidates = sdpcheck.CandidateBudget(checked, allow_loopback=loopback)
         peer = self._service.peers.create(self.viewer_id, self._ice_servers)
         try:
-            answer = await peer.answer(sdp, self._hints)
+            answer = await peer.answer(checked.sdp, self._hints)
         except NegotiationError as exc:
             await peer.aclose(f"offer refused: {exc}")
             raise messages.ProtocolError(exc.code, str(exc), "offer") from exc

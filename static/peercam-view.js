@@ -315,7 +315,8 @@ class PeercamView extends HTMLElement {
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
           const known = { "webrtc-disabled": "webrtc-disabled", "no-codec": "no-codec" };
           this.#fallBack(known[msg.code] || "offer-error", `${msg.code}: ${msg.message}`);
-        } else if (this.#info.state !== "failed") {
+        } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
+          // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
         break;
