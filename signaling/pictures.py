@@ -5,6 +5,7 @@ system's ``/video`` protocol. Every one reads the shared JPEG encoders; none que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -14,13 +15,19 @@ from webrtc.jpeg import BOUNDARY, JpegEncoder, JpegKey, JpegPool, next_picture
 from webrtc.latest import LatestClosed
 from webrtc.tasks import cancel_and_wait
 
+from . import messages
+from .limits import COUNTED_FRAMES, TokenBucket
 from .state import Service
 
 logger = logging.getLogger(__name__)
 
 MAX_CREDIT = 2  # pictures in flight per JPEG viewer: one drawing, one on the way
 SNAPSHOT_TIMEOUT = 5.0
+STALL_TIMEOUT = 10.0  # seconds a consumer may take nothing (Config.stall_timeout)
 LEGACY_MAX_MESSAGE = 4096
+#: /video requests per second (the original page asks every 10 ms; merged, see below), the
+#: burst allowed, and how many refused requests close the socket as abusive.
+LEGACY_RATE, LEGACY_BURST, LEGACY_MAX_REFUSED = 100.0, 200.0, 400
 
 
 class JpegStream:
@@ -31,9 +38,16 @@ class JpegStream:
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, pool: JpegPool, key: JpegKey, max_fps: float | None
+        self,
+        ws: web.WebSocketResponse,
+        pool: JpegPool,
+        key: JpegKey,
+        max_fps: float | None,
+        *,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self._ws = ws
+        self._stall_timeout = stall_timeout
         self._pool = pool
         self._key = key
         self._interval = 1.0 / max_fps if max_fps else 0.0
@@ -64,21 +78,38 @@ class JpegStream:
         last_sent = 0.0
         try:
             while not self._ws.closed:
-                while self._credit <= 0:
-                    self._credit_changed.clear()
-                    await self._credit_changed.wait()
+                # A viewer that acks nothing for the stall timeout is dropped: it must not
+                # keep an encoder and a viewer slot busy for nobody.
+                async with asyncio.timeout(self._stall_timeout):
+                    while self._credit <= 0:
+                        self._credit_changed.clear()
+                        await self._credit_changed.wait()
                 if self._interval:
                     # The viewer's own frame-rate cap: pacing, not synchronisation.
                     delay = last_sent + self._interval - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 after, picture = await pictures.next(after)
-                await self._ws.send_bytes(picture.message)
+                async with asyncio.timeout(self._stall_timeout):
+                    await self._ws.send_bytes(picture.message)
                 last_sent = time.monotonic()
                 self._credit -= 1
                 self.sent += 1
+        except TimeoutError:
+            await self._drop_stalled()
         except (LatestClosed, ConnectionError):
             pass  # the source stopped, or the viewer went away: the handler cleans up
+
+    async def _drop_stalled(self) -> None:
+        logger.info("JPEG viewer took nothing for %g s: dropped", self._stall_timeout)
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(self._stall_timeout):
+                await self._ws.send_str(
+                    messages.error_message(
+                        "stalled", f"no ack for {self._stall_timeout:g} s", "jpeg"
+                    )
+                )
+            await self._ws.close(code=1008, message=b"stalled: no ack")
 
 
 def key_from_query(request: web.Request, default_quality: int) -> JpegKey:
@@ -92,7 +123,13 @@ def key_from_query(request: web.Request, default_quality: int) -> JpegKey:
         text = request.query.get(name)
         if text is None:
             continue
-        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        # The length first: int() of thousands of digits is slow, then refused (ValueError).
+        if (
+            len(text) > 5
+            or not text.isascii()
+            or not text.isdigit()
+            or not low <= int(text) <= high
+        ):
             raise web.HTTPBadRequest(text=f"{name} must be an integer from {low} to {high}\n")
         values[name] = int(text)
     return JpegKey.normalized(values.get("quality", default_quality), values.get("width"))
@@ -124,6 +161,7 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    stall = service.config.stall_timeout
     encoder = service.jpeg.acquire(key)
     service.mjpeg_viewers += 1
     try:
@@ -131,8 +169,14 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
         while True:
             after, picture = await encoder.pictures.next(after)
             # write() waits while this client's socket buffer is full: a slow client is
-            # paced alone and takes the newest picture next, never a backlog.
-            await response.write(picture.mjpeg_part())
+            # paced alone and takes the newest picture next, never a backlog. A client that
+            # takes nothing for the stall timeout is dropped: it must not keep an encoder.
+            async with asyncio.timeout(stall):
+                await response.write(picture.mjpeg_part())
+    except TimeoutError:
+        logger.info("MJPEG client %s took nothing for %g s: dropped", request.remote, stall)
+        if request.transport is not None:
+            request.transport.abort()  # the response cannot end: its bytes are not read
     except (LatestClosed, ConnectionError):
         pass
     finally:
@@ -149,9 +193,14 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
     asking every 10 ms builds no backlog and starves nobody.
     """
     service = request.app[Service.KEY]
-    ws = web.WebSocketResponse(max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0, compress=False)
+    config = service.config
+    # autoping=False: pings are answered here, under the rate limit (aiohttp would answer
+    # every one of them, uncounted).
+    ws = web.WebSocketResponse(
+        max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0, compress=False, autoping=False
+    )
     await ws.prepare(request)
-    key = JpegKey.normalized(service.config.jpeg_quality, None)
+    key = JpegKey.normalized(config.jpeg_quality, None)
     encoder = service.jpeg.acquire(key)
     wanted = asyncio.Event()
 
@@ -162,16 +211,42 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
                 await wanted.wait()
                 wanted.clear()
                 after, picture = await encoder.pictures.next(after)
-                await ws.send_str(picture.data_url_message())
+                async with asyncio.timeout(config.stall_timeout):
+                    await ws.send_str(picture.data_url_message())
+        except TimeoutError:
+            logger.info("/video client %s reads nothing: dropped", request.remote)
+            await ws.close(code=1008, message=b"stalled: pictures are not read")
         except (LatestClosed, ConnectionError):
             await ws.close()
 
     sender = asyncio.get_running_loop().create_task(answer())
     service.legacy_viewers.add(ws)
+    rate = TokenBucket(LEGACY_RATE, LEGACY_BURST)
+    loop = asyncio.get_running_loop()
+    idle_at = loop.time() + config.idle_timeout  # requests reset it, pongs do not
     try:
-        async for msg in ws:
+        while not ws.closed:
+            try:
+                # Not 0: aiohttp reads timeout=0 as "no timeout".
+                msg = await ws.receive(timeout=max(0.001, idle_at - loop.time()))
+            except TimeoutError:
+                await ws.close(code=1008, message=b"idle: no request")
+                break
+            if msg.type in COUNTED_FRAMES and not rate.allow():
+                if rate.refused > LEGACY_MAX_REFUSED:
+                    logger.info("/video client %s: closed for flooding", request.remote)
+                    await ws.close(code=1008, message=b"too many messages")
+                continue
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                idle_at = loop.time() + config.idle_timeout
                 wanted.set()
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            elif msg.type == WSMsgType.ERROR:
+                logger.info("/video client %s: %s", request.remote, ws.exception())
+                break
     finally:
         service.legacy_viewers.discard(ws)
         await cancel_and_wait(sender)
