@@ -8,6 +8,7 @@ Thin: flags and environment → :class:`Config` → ``create_app`` → run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -18,12 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ifaddr
-from aiohttp import web
 
-from signaling import tls
+from signaling import limits, tls
 from signaling.app import create_app
-from signaling.config import Config
-from signaling.security import generate_token, normalize_origin
+from signaling.config import DEFAULT_TURN_TTL, Config
+from signaling.listener import serve
+from signaling.security import generate_token, normalize_host, normalize_origin
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, TurnSecret
@@ -93,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         "URL then gets time-limited credentials per viewer (or PEERCAM_TURN_SECRET)",
     )
     p.add_argument(
-        "--turn-ttl", type=int, default=86400, help="lifetime of minted TURN credentials, s"
+        "--turn-ttl",
+        type=int,
+        default=DEFAULT_TURN_TTL,
+        help="lifetime of minted TURN credentials, s",
     )
     p.add_argument(
         "--ice-transport-policy",
@@ -147,10 +151,49 @@ def _parser() -> argparse.ArgumentParser:
         help="another site allowed to embed the viewer (repeatable), e.g. https://example.org",
     )
     p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --no-auth, also answer to this Host name (repeatable; the loopback names "
+        "127.0.0.1, localhost and [::1] always work)",
+    )
+    p.add_argument(
         "--max-per-address",
         type=int,
         default=10,
-        help="open connections allowed from one address",
+        help="viewers and streams per client (an IPv4 address or an IPv6 /64); its TCP "
+        "connections are capped at this plus 8",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help=f"TCP connections at once (default {limits.DEFAULT_MAX_CONNECTIONS}, lowered to "
+        "what the file-descriptor limit allows)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection has to send a complete request (also the keep-alive time)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a WebSocket may stay without asking for video",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a picture consumer may take nothing before it is dropped",
+    )
+    p.add_argument(
+        "--snapshot-rate",
+        type=float,
+        default=10.0,
+        help="snapshots per second per client (bursts of twice as many)",
     )
     p.add_argument("--cert", type=Path, help="TLS certificate (PEM)")
     p.add_argument("--key", type=Path, help="TLS private key (PEM)")
@@ -216,7 +259,13 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             host=args.host or ("127.0.0.1" if args.no_auth else "0.0.0.0"),
             token=token,
             allow_origins=tuple(normalize_origin(o) for o in args.allow_origin),
+            allow_hosts=tuple(normalize_host(h) for h in args.allow_host),
             max_per_address=args.max_per_address,
+            max_connections=args.max_connections,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            stall_timeout=args.stall_timeout,
+            snapshot_rate=args.snapshot_rate,
             port=args.port,
             source=SourceSpec.parse(args.source),
             width=args.width,
@@ -313,16 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     app = create_app(config, source=source)
+    fds = limits.raise_fd_limit()
+    logger.debug("file-descriptor limit %d", fds)
+    # The one place the token is logged: the URL the user opens.
     for url in _viewing_urls(config, ssl_context is not None):
         logger.info("open %s to watch %s", url, source.description)
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        ssl_context=ssl_context,
-        print=None,
-        shutdown_timeout=2.0,
-    )
+    asyncio.run(serve(app, config, ssl_context))
     return 0
 
 

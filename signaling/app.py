@@ -15,7 +15,7 @@ from webrtc.sources import Source, open_source
 
 from .config import Config
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
-from .security import add_cors_headers, security_middleware
+from .security import ClientLimits, add_cors_headers, security_middleware
 from .session import websocket_handler
 from .state import Service, trim_heap
 
@@ -66,6 +66,7 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     )
     app = web.Application(middlewares=[security_middleware])
     app[Service.KEY] = service
+    app[ClientLimits.KEY] = ClientLimits(config.snapshot_rate)
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/api/status", _status)

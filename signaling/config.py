@@ -12,6 +12,11 @@ from webrtc.ladder import LadderSpec
 from webrtc.peers import WebRtcSettings
 from webrtc.sources import SourceSpec
 
+#: Lifetime of minted TURN credentials (``--turn-ttl``): minutes, so a leaked one soon dies.
+DEFAULT_TURN_TTL = 600
+#: TCP connections a client may hold beyond its long-lived ones (page, script, snapshots).
+SHORT_LIVED_PER_CLIENT = 8
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -42,7 +47,24 @@ class Config:
     #: The access token; None turns access control off (server.main makes one by default).
     token: str | None = None
     allow_origins: tuple[str, ...] = ()
+    #: Long-lived consumers (viewers, streams) per client (IPv4 address, IPv6 /64); the
+    #: client's TCP connections are capped at this plus ``SHORT_LIVED_PER_CLIENT``.
     max_per_address: int = 10
+    #: TCP connections at once; None: ``limits.DEFAULT_MAX_CONNECTIONS``. Either way lowered
+    #: to what the file-descriptor limit allows (``limits.connection_budget``).
+    max_connections: int | None = None
+    #: Seconds a connection has to send a complete request (at open and between requests).
+    header_timeout: float = 5.0
+    #: Seconds a WebSocket may go without asking for video (no offer or jpeg on /ws, no
+    #: request on /video) before it is closed.
+    idle_timeout: float = 15.0
+    #: Seconds a picture consumer may take nothing (MJPEG not read, JPEG not acked, /video
+    #: not read) before it is dropped and its encoder released.
+    stall_timeout: float = 10.0
+    #: Snapshots per second per client (bursts of twice as many).
+    snapshot_rate: float = 10.0
+    #: With access control off, Host names served besides the loopback ones.
+    allow_hosts: tuple[str, ...] = ()
     per_viewer_encoding: bool = False
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
@@ -78,12 +100,27 @@ class Config:
             raise ValueError("--token must be at least 8 characters")
         if self.max_per_address < 1:
             raise ValueError(f"--max-per-address {self.max_per_address}: must be at least 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"--max-connections {self.max_connections}: must be at least 1")
+        for flag, seconds in (
+            ("--header-timeout", self.header_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--stall-timeout", self.stall_timeout),
+            ("--snapshot-rate", self.snapshot_rate),
+        ):
+            if not 0 < seconds <= 3600:
+                raise ValueError(f"{flag} {seconds}: must be > 0 and <= 3600")
         if self.max_viewers < 1:
             raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
         if self.connect_timeout <= 0:
             raise ValueError("the connect timeout must be positive")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
+
+    @property
+    def connections_per_client(self) -> int:
+        """TCP connections one client may hold: its long-lived ones and a page's worth."""
+        return self.max_per_address + SHORT_LIVED_PER_CLIENT
 
     def webrtc_settings(self) -> WebRtcSettings:
         return WebRtcSettings(

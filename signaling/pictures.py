@@ -5,6 +5,7 @@ system's ``/video`` protocol. Every one reads the shared JPEG encoders; none que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -14,6 +15,8 @@ from webrtc.jpeg import BOUNDARY, JpegEncoder, JpegKey, JpegPool, jpeg_rungs, ne
 from webrtc.latest import LatestClosed
 from webrtc.tasks import cancel_and_wait
 
+from . import messages
+from .limits import COUNTED_FRAMES, TokenBucket
 from .state import Service
 
 logger = logging.getLogger(__name__)
@@ -26,7 +29,11 @@ SLOW_FRACTION = 0.6
 JPEG_UP_WAIT = 4.0
 JPEG_UP_WAIT_MAX = 60.0
 SNAPSHOT_TIMEOUT = 5.0
+STALL_TIMEOUT = 10.0  # seconds a consumer may take nothing (Config.stall_timeout)
 LEGACY_MAX_MESSAGE = 4096
+#: /video requests per second (the original page asks every 10 ms; merged, see below), the
+#: burst allowed, and how many refused requests close the socket as abusive.
+LEGACY_RATE, LEGACY_BURST, LEGACY_MAX_REFUSED = 100.0, 200.0, 400
 
 
 class JpegStream:
@@ -44,9 +51,10 @@ class JpegStream:
 
     def __init__(
         self, ws: web.WebSocketResponse, pool: JpegPool, key: JpegKey, max_fps: float | None,
-        *, source_fps: float = 30.0,
+        *, source_fps: float = 30.0, stall_timeout: float = STALL_TIMEOUT,
     ) -> None:  # fmt: skip
         self._ws = ws
+        self._stall_timeout = stall_timeout
         self._pool = pool
         self._rungs = jpeg_rungs(key)
         self._rung = 0
@@ -128,9 +136,12 @@ class JpegStream:
         try:
             while not self._ws.closed:
                 waited_from = time.monotonic()
-                while self._credit <= 0:
-                    self._credit_changed.clear()
-                    await self._credit_changed.wait()
+                # A viewer that acks nothing for the stall timeout is dropped: it must not
+                # keep an encoder and a viewer slot busy for nobody.
+                async with asyncio.timeout(self._stall_timeout):
+                    while self._credit <= 0:
+                        self._credit_changed.clear()
+                        await self._credit_changed.wait()
                 now = time.monotonic()
                 self._window_waited += now - waited_from
                 self._judge(now)
@@ -150,13 +161,27 @@ class JpegStream:
                 if encoder is not self._encoder:
                     continue
                 self._after = after
-                await self._ws.send_bytes(picture.message)
+                async with asyncio.timeout(self._stall_timeout):
+                    await self._ws.send_bytes(picture.message)
                 last_sent = time.monotonic()
                 self._credit -= 1
                 self.sent += 1
                 self._window_sent += 1
+        except TimeoutError:
+            await self._drop_stalled()
         except (LatestClosed, ConnectionError):
             pass  # the source stopped, or the viewer went away: the handler cleans up
+
+    async def _drop_stalled(self) -> None:
+        logger.info("JPEG viewer took nothing for %g s: dropped", self._stall_timeout)
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(self._stall_timeout):
+                await self._ws.send_str(
+                    messages.error_message(
+                        "stalled", f"no ack for {self._stall_timeout:g} s", "jpeg"
+                    )
+                )
+            await self._ws.close(code=1008, message=b"stalled: no ack")
 
 
 def source_width(service: Service) -> int:
@@ -176,6 +201,7 @@ def key_from_query(request: web.Request, default_quality: int) -> JpegKey:
         text = request.query.get(name)
         if text is None:
             continue
+        # The length first: int() of thousands of digits is slow, then refused (ValueError).
         valid = text.isascii() and text.isdigit() and len(text) <= 5
         if not valid or not low <= int(text) <= high:
             raise web.HTTPBadRequest(text=f"{name} must be an integer from {low} to {high}\n")
@@ -213,6 +239,7 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    stall = service.config.stall_timeout
     encoder = service.jpeg.acquire(key)
     service.mjpeg_viewers += 1
     try:
@@ -220,8 +247,14 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
         while True:
             after, picture = await encoder.pictures.next(after)
             # write() waits while this client's socket buffer is full: a slow client is
-            # paced alone and takes the newest picture next, never a backlog.
-            await response.write(picture.mjpeg_part())
+            # paced alone and takes the newest picture next, never a backlog. A client that
+            # takes nothing for the stall timeout is dropped: it must not keep an encoder.
+            async with asyncio.timeout(stall):
+                await response.write(picture.mjpeg_part())
+    except TimeoutError:
+        logger.info("MJPEG client %s took nothing for %g s: dropped", request.remote, stall)
+        if request.transport is not None:
+            request.transport.abort()  # the response cannot end: its bytes are not read
     except (LatestClosed, ConnectionError):
         pass
     finally:
@@ -238,9 +271,14 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
     asking every 10 ms builds no backlog and starves nobody.
     """
     service = request.app[Service.KEY]
-    ws = web.WebSocketResponse(max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0, compress=False)
+    config = service.config
+    # autoping=False: pings are answered here, under the rate limit (aiohttp would answer
+    # every one of them, uncounted).
+    ws = web.WebSocketResponse(
+        max_msg_size=LEGACY_MAX_MESSAGE, heartbeat=20.0, compress=False, autoping=False
+    )
     await ws.prepare(request)
-    key = JpegKey.normalized(service.config.jpeg_quality, None)
+    key = JpegKey.normalized(config.jpeg_quality, None)
     encoder = service.jpeg.acquire(key)
     wanted = asyncio.Event()
 
@@ -251,16 +289,42 @@ async def legacy_video_handler(request: web.Request) -> web.StreamResponse:
                 await wanted.wait()
                 wanted.clear()
                 after, picture = await encoder.pictures.next(after)
-                await ws.send_str(picture.data_url_message())
+                async with asyncio.timeout(config.stall_timeout):
+                    await ws.send_str(picture.data_url_message())
+        except TimeoutError:
+            logger.info("/video client %s reads nothing: dropped", request.remote)
+            await ws.close(code=1008, message=b"stalled: pictures are not read")
         except (LatestClosed, ConnectionError):
             await ws.close()
 
     sender = asyncio.get_running_loop().create_task(answer())
     service.legacy_viewers.add(ws)
+    rate = TokenBucket(LEGACY_RATE, LEGACY_BURST)
+    loop = asyncio.get_running_loop()
+    idle_at = loop.time() + config.idle_timeout  # requests reset it, pongs do not
     try:
-        async for msg in ws:
+        while not ws.closed:
+            try:
+                # Not 0: aiohttp reads timeout=0 as "no timeout".
+                msg = await ws.receive(timeout=max(0.001, idle_at - loop.time()))
+            except TimeoutError:
+                await ws.close(code=1008, message=b"idle: no request")
+                break
+            if msg.type in COUNTED_FRAMES and not rate.allow():
+                if rate.refused > LEGACY_MAX_REFUSED:
+                    logger.info("/video client %s: closed for flooding", request.remote)
+                    await ws.close(code=1008, message=b"too many messages")
+                continue
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                idle_at = loop.time() + config.idle_timeout
                 wanted.set()
+            elif msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            elif msg.type == WSMsgType.ERROR:
+                logger.info("/video client %s: %s", request.remote, ws.exception())
+                break
     finally:
         service.legacy_viewers.discard(ws)
         await cancel_and_wait(sender)

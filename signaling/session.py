@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
@@ -24,6 +25,7 @@ from webrtc.peers import Peer, RungInfo, ViewerHints
 from webrtc.tasks import cancel_and_wait
 
 from . import messages
+from .limits import COUNTED_FRAMES
 from .pictures import JpegStream, source_width
 from .state import Service
 
@@ -97,7 +99,7 @@ class ViewerSession:
                 )
             )
             async for msg in self._ws:
-                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._rate.allow():
+                if msg.type in COUNTED_FRAMES and not self._rate.allow():
                     if self._rate.refused > MAX_REFUSED:
                         logger.info("viewer %s: closed for flooding", self.viewer_id)
                         await self._ws.close(code=1008, message=b"too many messages")
@@ -114,12 +116,19 @@ class ViewerSession:
                     await self._send_error(
                         messages.ProtocolError("binary-not-allowed", "signaling is JSON text")
                     )
+                elif msg.type == WSMsgType.PING:  # autoping=False: answered under the limit
+                    await self._ws.pong(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     logger.info("viewer %s: socket error %s", self.viewer_id, self._ws.exception())
                 if self._ws.closed:
                     break
         finally:
             await self._end()
+
+    @property
+    def asked_for_video(self) -> bool:
+        """Has this viewer made an offer that was answered, or asked for JPEG?"""
+        return self._peer is not None or self._jpeg is not None
 
     async def _handle(self, text: str) -> None:
         try:
@@ -214,8 +223,10 @@ class ViewerSession:
             source_width(self._service),
         )
         self._jpeg = JpegStream(
-            self._ws, self._service.jpeg, key, request.max_fps, source_fps=self._service.source.fps
-        )
+            self._ws, self._service.jpeg, key, request.max_fps,
+            source_fps=self._service.source.fps,
+            stall_timeout=self._service.config.stall_timeout,
+        )  # fmt: skip
         self._jpeg.start()
         self._service.jpeg_streams.add(self._jpeg)
         logger.info("viewer %s: JPEG mode %s (%s)", self.viewer_id, key, request.reason or "asked")
@@ -266,11 +277,34 @@ class ViewerSession:
         logger.info("viewer %s disconnected", self.viewer_id)
 
 
+async def close_if_idle(
+    ws: web.WebSocketResponse, asked: Callable[[], bool], timeout: float
+) -> None:
+    """After ``timeout`` s, close a socket that has not asked for video, with a typed error.
+
+    A socket that never offers nor asks for JPEG would otherwise hold a viewer slot forever.
+    """
+    await asyncio.sleep(timeout)  # a deadline, not synchronisation
+    if asked() or ws.closed:
+        return
+    logger.info("closing a socket that asked for no video in %g s", timeout)
+    with contextlib.suppress(ConnectionError):
+        await ws.send_str(
+            messages.error_message(
+                "idle-timeout", f"no offer nor jpeg request within {timeout:g} s"
+            )
+        )
+        await ws.close(code=1008, message=b"idle: no offer nor jpeg request")
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[Service.KEY]
     # No per-message deflate: JPEG pictures do not compress, and deflating them per viewer
     # would undo "encode once".
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=WS_MAX_FRAME, compress=False)
+    # autoping=False: the session answers pings itself, under its rate limit.
+    ws = web.WebSocketResponse(
+        heartbeat=20.0, max_msg_size=WS_MAX_FRAME, compress=False, autoping=False
+    )
     await ws.prepare(request)
     if len(service.viewers) >= service.config.max_viewers:
         await ws.send_str(
@@ -284,8 +318,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     hints = ViewerHints.from_user_agent(request.headers.get("User-Agent", ""))
     session = ViewerSession(service, ws, request.remote or "?", hints)
     service.viewers.add(ws)
+    idle = asyncio.get_running_loop().create_task(
+        close_if_idle(ws, lambda: session.asked_for_video, service.config.idle_timeout)
+    )
     try:
         await session.run()
     finally:
+        await cancel_and_wait(idle)
         service.viewers.discard(ws)
     return ws

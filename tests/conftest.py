@@ -19,7 +19,8 @@ from webrtc.sources import TestPatternSource
 # ``viewer_net`` and ``make_viewer_net``.
 pytest_plugins = ["tests.browser", "tests.netlab"]
 
-LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",), max_per_address=1000)
+# Per-client limits are tested on their own (test_hostile_http), from another address.
+LOOPBACK_CONFIG = Config(ice_addresses=("127.0.0.1",), max_per_address=1000, snapshot_rate=1000)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
