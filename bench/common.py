@@ -217,6 +217,8 @@ async def peercam_server(
         "--fps", f"{options.fps:g}", "--encoder", options.encoder, "--codec", options.codec,
         "--host", host, "--port", str(port),
         *(arg for address in ice_addresses for arg in ("--ice-address", address)),
+        # --no-auth serves loopback Host names only: the lab's viewers use the veth address.
+        *(arg for a in ice_addresses if a != "127.0.0.1" for arg in ("--allow-host", a)),
         "--max-viewers", str(max(1, max_viewers)), "--log-level", "WARNING",
         *ACCESS_FLAGS, *extra_args,
     ]  # fmt: skip
