@@ -25,7 +25,7 @@ from webrtc.peers import Peer, RungInfo, ViewerHints
 from webrtc.tasks import cancel_and_wait
 
 from . import messages
-from .limits import COUNTED_FRAMES
+from .limits import COUNTED_FRAMES, TokenBucket
 from .pictures import JpegStream, source_width
 from .state import Service
 
@@ -41,27 +41,6 @@ MAX_REFUSED = 200
 #: A new offer on a socket that has a peer replaces it (renegotiation after a stall), at most
 #: this often (seconds): each one costs an ICE gathering and a DTLS handshake.
 REOFFER_INTERVAL = 2.0
-
-
-class RateLimit:
-    """A token bucket: ``rate`` messages per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float = RATE, burst: float = BURST) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._last = time.monotonic()
-        self.refused = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        self.refused += 1
-        return False
 
 
 class ViewerSession:
@@ -80,7 +59,7 @@ class ViewerSession:
         self._offered_at = -REOFFER_INTERVAL
         self._jpeg: JpegStream | None = None
         self._ice_servers = service.peers.settings.ice_servers_for(self.viewer_id)
-        self._rate = RateLimit()
+        self._rate = TokenBucket(RATE, BURST)
         #: The viewer's remote candidates, counted and checked before ICE sees them.
         self._candidates: sdpcheck.CandidateBudget | None = None
 
