@@ -111,8 +111,11 @@ class QuietWarning:
     A limit that is hit thousands of times a second must not turn into a log flood.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, level: int = logging.WARNING
+    ) -> None:
         self._logger = logger
+        self._level = level
         self._interval = interval
         self._last = -interval
         self._held = 0
@@ -124,7 +127,7 @@ class QuietWarning:
             return
         held, self._held, self._last = self._held, 0, now
         suffix = f" ({held} more since the last warning)" if held else ""
-        self._logger.warning("%s%s", message % args, suffix)  # formatted only when logged
+        self._logger.log(self._level, "%s%s", message % args, suffix)  # formatted when logged
 
 
 def raise_fd_limit(wanted: int = WANTED_FDS) -> int:

@@ -32,6 +32,10 @@ WEBSOCKETS = ("/ws", "/video")
 LONG_LIVED = ("/ws", "/video", "/stream.mjpg")
 UNAUTHORIZED_CLOSE = 4401  # an application close code: "unauthorized"
 
+#: Refusals of requests without a token or from a foreign origin: one INFO line per this many
+#: seconds at most (the others at DEBUG).
+ACCESS_LOG_INTERVAL = 10.0
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -50,6 +54,13 @@ class ClientLimits:
         self.snapshots = limits.ClientBuckets(snapshot_rate, 2 * snapshot_rate)
         self.turn_credentials = limits.ClientBuckets(limits.TURN_MINT_RATE, limits.TURN_MINT_BURST)
         self._warning = limits.QuietWarning(logger)
+        # No token, a foreign origin: ordinary mistakes, logged at INFO, but at most one line
+        # per ACCESS_LOG_INTERVAL whatever a client sends.
+        self._access = limits.QuietWarning(logger, ACCESS_LOG_INTERVAL, logging.INFO)
+
+    def access_refused(self, message: str, *args: object) -> None:
+        logger.debug(message, *args)
+        self._access.warn(message, *args)
 
     def refused(self, path: str, client: str, why: str) -> None:
         logger.debug("refused %s from %s: %s", path, client, why)
@@ -163,13 +174,15 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         and "Origin" in request.headers
         and _allowed_origin(request, config.allow_origins) is None
     ):
-        logger.info("refused %s from origin %s", path, request.headers["Origin"])
+        request.app[ClientLimits.KEY].access_refused(
+            "refused %s from origin %s", path, request.headers["Origin"]
+        )
         raise web.HTTPForbidden(text="this origin may not use peercam (see --allow-origin)\n")
 
     if config.token is not None:
         given = _given_token(request)
         if not token_is_valid(given, config.token):
-            logger.info(
+            request.app[ClientLimits.KEY].access_refused(
                 "refused %s %s from %s: no valid token", request.method, path, request.remote
             )
             message = "unauthorized: open the URL with ?token= printed in peercam's log"

@@ -41,6 +41,8 @@ MAX_REFUSED = 200
 #: A new offer on a socket that has a peer replaces it (renegotiation after a stall), at most
 #: this often (seconds): each one costs an ICE gathering and a DTLS handshake.
 REOFFER_INTERVAL = 2.0
+#: Refused messages of one session logged at INFO (the rest at DEBUG, and counted).
+LOGGED_REFUSALS = 3
 
 
 class ViewerSession:
@@ -57,6 +59,7 @@ class ViewerSession:
         self._peer: Peer | None = None
         self._media: asyncio.Task[None] | None = None
         self._offered_at = -REOFFER_INTERVAL
+        self._refusals = 0
         self._jpeg: JpegStream | None = None
         self._ice_servers = service.peers.settings.ice_servers_for(self.viewer_id)
         self._rate = TokenBucket(RATE, BURST)
@@ -242,7 +245,11 @@ class ViewerSession:
             await self._ws.send_str(messages.rung_message(rung.to_json()))
 
     async def _send_error(self, error: messages.ProtocolError) -> None:
-        logger.info("viewer %s: refused %s: %s", self.viewer_id, error.code, error.message)
+        self._refusals += 1
+        # The first few refusals of a session at INFO, the rest at DEBUG and counted at the end:
+        # a client that sends nothing but bad messages must not flood the log.
+        log = logger.info if self._refusals <= LOGGED_REFUSALS else logger.debug
+        log("viewer %s: refused %s: %s", self.viewer_id, error.code, error.message)
         if not self._ws.closed:
             await self._ws.send_str(
                 messages.error_message(error.code, error.message, error.in_reply_to)
@@ -253,6 +260,8 @@ class ViewerSession:
         if self._jpeg is not None:
             await self._jpeg.aclose()
             self._service.jpeg_streams.discard(self._jpeg)
+        if self._refusals > LOGGED_REFUSALS:
+            logger.info("viewer %s: %d messages refused in all", self.viewer_id, self._refusals)
         logger.info("viewer %s disconnected", self.viewer_id)
 
 
