@@ -103,3 +103,24 @@ async def test_keyframe_requests_are_rate_limited_but_never_lost() -> None:
     # once per interval (generous: the run's duration bounds how many windows passed).
     assert 1 <= encoder.forced_keyframes <= 1 + int(elapsed / KEYFRAME_MIN_INTERVAL) + 1
     assert sum(f.keyframe for f in out) >= 2  # the first frame, and a served request
+
+
+@pytest.mark.parametrize("size", [(480, 360), (320, 240), (240, 180)])
+def test_scaling_the_planes_matches_scaling_the_picture(size: tuple[int, int]) -> None:
+    """Lower rungs scale I420 plane by plane (cheap): the same picture as scaling BGR first."""
+    import cv2
+    import numpy as np
+
+    from webrtc.encoders import scale_i420
+    from webrtc.frames import CapturedFrame
+    from webrtc.sources import TestPatternSource
+
+    frame = CapturedFrame.from_bgr(TestPatternSource().render(7, 0.0).copy(), 7)
+    width, height = size
+    ours = scale_i420(frame.i420, frame.width, frame.height, width, height)
+    reference = cv2.cvtColor(
+        cv2.resize(frame.bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2YUV_I420
+    )
+    assert ours.shape == reference.shape == (height * 3 // 2, width)
+    difference = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
+    assert float(difference.mean()) < 4.0  # edges differ a little (bilinear vs area)
