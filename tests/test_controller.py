@@ -62,6 +62,7 @@ def test_congestion_steps_down_at_once_to_the_rung_the_estimate_carries() -> Non
 def test_loss_steps_down_one_rung_at_a_time_with_a_cooldown() -> None:
     """Heavy loss without an estimate: one rung, then another only after the cooldown."""
     c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.3, None, 4.0)
     c.on_receiver_report(0.3, None, 5.0)
     assert c.decide(5.0) is not None
     assert c.index == 1
@@ -102,7 +103,7 @@ def test_steps_up_when_the_estimate_carries_the_next_rung() -> None:
 def test_a_failed_probe_goes_back_and_waits_twice_as_long() -> None:
     """A probe into congestion returns at once; the next one comes later, up to a cap."""
     c = RungController(NEEDS, start=2, now=0.0)
-    c.on_remb(250_000, 0.0)  # a receiver capped by what it gets: never reaches the next rung
+    c.on_remb(250_000, 4.5)  # a receiver capped by what it gets: never reaches the next rung
     first = run(c, 0.0, PROBE_BASE + 2)
     assert first == [1]
     assert c.probing
@@ -131,6 +132,28 @@ def test_a_probe_that_holds_climbs_again_soon() -> None:
         t += 0.25
     assert [index for _, index in moves] == [2, 1, 0]
     assert moves[-1][0] <= PROBE_BASE + 2 * (PROBE_HOLD + 1.5) + 1.0
+
+
+def test_an_early_low_estimate_holds_the_first_probe_back() -> None:
+    """Chrome sends no estimate for its first seconds unless a queue grows: one that comes
+    early and does not carry the next rung means "do not probe"."""
+    c = RungController(NEEDS, start=1, now=0.0, first_probe=1.5)
+    c.on_remb(300_000, 1.0)
+    assert run(c, 0.0, 3.5) == []
+    clean = RungController(NEEDS, start=1, now=0.0, first_probe=1.5)
+    assert run(clean, 0.0, 2.0) == [0]  # no estimate yet: the first probe comes at 1.5 s
+
+
+def test_random_loss_in_one_report_is_not_congestion() -> None:
+    """One report of 12 % between reports of 2 %: a few lost packets of a low rung, not a
+    queue; two reports of 30 % are."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.02, None, 4.0)
+    c.on_receiver_report(0.12, None, 5.0)
+    assert c.decide(5.0) is None
+    c.on_receiver_report(0.3, None, 6.0)
+    c.on_receiver_report(0.3, None, 7.0)
+    assert c.decide(7.0) is not None
 
 
 def test_stale_reports_are_no_evidence() -> None:

@@ -45,6 +45,8 @@ DOWN_COOLDOWN = 1.0
 UP_HOLD = 2.0
 UP_MARGIN = 1.15
 PROBE_BASE = 4.0
+PROBE_FIRST = 1.5  # the first probe of a viewer that starts below the top
+EARLY_ESTIMATE = 4.0
 PROBE_AGAIN = 1.5
 PROBE_MAX = 30.0
 PROBE_HOLD = 3.0
@@ -66,8 +68,12 @@ class Decision:
 class RungController:
     """Picks one viewer's rung. Index 0 is the top of the ladder (most bits)."""
 
-    def __init__(self, needs: Sequence[int], *, start: int = 0, now: float) -> None:
-        """``needs``: the wire bitrate of each rung, top first (see :func:`wire_bitrate`)."""
+    def __init__(
+        self, needs: Sequence[int], *, start: int = 0, now: float, first_probe: float = PROBE_BASE
+    ) -> None:
+        """``needs``: the wire bitrate of each rung, top first (see :func:`wire_bitrate`);
+        ``first_probe``: seconds before the first probe up (a start below the top probes
+        soon, unless the receiver's estimate has come early, a sign of congestion)."""
         if not needs:
             raise ValueError("a controller needs at least one rung")
         self._needs = list(needs)
@@ -77,8 +83,9 @@ class RungController:
         self._calm_since = now
         self._probe_from: int | None = None
         self._probe_started = 0.0
-        self._probe_wait = PROBE_BASE
+        self._probe_wait = first_probe
         self._failed_probes = 0
+        self._previous_loss = 0.0
         self._remb: int | None = None
         self._remb_at = -math.inf
         self._remb_dropped_at = -math.inf
@@ -103,6 +110,7 @@ class RungController:
 
     def on_receiver_report(self, fraction_lost: float, rtt: float | None, now: float) -> None:
         """A receiver report: ``fraction_lost`` 0-1 since the previous one; ``rtt`` seconds."""
+        self._previous_loss = self._loss if self._since_change(self._loss_at, 0.0) else 0.0
         self._loss = min(1.0, max(0.0, fraction_lost))
         self._loss_at = now
         if rtt is not None and rtt >= 0:
@@ -157,7 +165,10 @@ class RungController:
             self._fresh(self._loss_at, now)
             and self._since_change(self._loss_at, REMB_SETTLE)
             and self._loss >= LOSS_HIGH
+            and (self._loss + self._previous_loss) / 2 >= LOSS_HIGH
         ):
+            # Two reports' worth: random loss of a few percent (radio) shows single reports
+            # of 10 % on a low rung's few packets; a queue that overflows loses far more.
             return f"{self._loss:.0%} lost"
         if (
             self._rtt is not None
@@ -226,7 +237,16 @@ class RungController:
         ):
             return self._move(self.index - 1, f"estimate {self._remb // 1000} kbit/s", now)
         lossy = self._fresh(self._loss_at, now) and self._loss > LOSS_LOW
-        if calm >= self._probe_wait and not lossy:
+        # Receivers (Chrome) send no estimate for their first seconds unless they see a queue
+        # grow: an estimate this early that does not carry the next rung says do not probe.
+        early = (
+            self._remb is not None
+            and self._remb_at - self._started < EARLY_ESTIMATE
+            and self._remb < above
+            and self._failed_probes == 0
+            and self.probes == 0
+        )
+        if calm >= self._probe_wait and not lossy and not early:
             self._probe_from = self.index
             self._probe_started = now
             self.probes += 1

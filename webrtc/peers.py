@@ -384,8 +384,10 @@ class Peer:
             VideoKey(self.codec, _capped(r.height, cap), r.bitrate, r.fps) for r in ladder.rungs
         ]
         fps = self._manager.source_fps
-        # Start at the top: most links carry it, and a slow one is stepped down within about a
-        # second of its receiver's first estimate.
+        # Start at the top: most links carry it, and a slow one is stepped down once its
+        # receiver reports the queue. (Starting lower and probing up at once would spare slow
+        # links their first seconds, but not every receiver's early estimate means a queue:
+        # aiortc's comes early on any link, Chrome's only on congestion.)
         start = 0
         controller = self._controller = RungController(
             [wire_bitrate(r.bitrate, r.fps or fps) for r in ladder.rungs],
