@@ -34,7 +34,8 @@ function withTransport(servers, transport) {
 }
 
 function wsUrl() {
-  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+  // Relative to this page: works under any path prefix (/cam/check → /cam/ws).
+  return new URL("ws", location.href).href.replace(/^http/, "ws");
 }
 
 function openSocket() {
