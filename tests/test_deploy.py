@@ -368,3 +368,13 @@ async def test_one_client_behind_nginx_cannot_take_everyones_slots(
         finally:
             for ws in held:
                 await ws.close()
+
+
+async def test_the_documented_nginx_config_is_the_tested_one() -> None:
+    """README and docs/deploy.md show exactly the file this module runs."""
+    site = NGINX_SITE.read_text()
+    location = site[site.index("    location /cam/ {") :]
+    location = location[: location.index("\n    }\n") + 6]
+    assert "proxy_set_header X-Forwarded-Host $http_host;" in location
+    assert location in (ROOT / "README.md").read_text()
+    assert site in (ROOT / "docs" / "deploy.md").read_text()
