@@ -48,7 +48,8 @@ function openSocket() {
         resolve({ ws, config: msg });
       }
     };
-    ws.onerror = () => reject(new Error("cannot reach the server's WebSocket"));
+    // A refused socket (4401, 4403, 4421) closes with a reason that says what to change.
+    ws.onclose = (event) => reject(new Error(event.reason || "cannot reach the server's WebSocket"));
   });
 }
 

@@ -280,6 +280,16 @@ async def test_a_peercam_that_does_not_trust_its_proxy_says_so_on_the_page(
     assert [c["secure"] for c in cookies] == [False]  # nginx's https was not believed
 
 
+@pytest.mark.browser
+async def test_the_check_page_works_under_the_prefix(page: Page, deployment: Deployment) -> None:
+    """/cam/check opens its sockets at /cam/ws: the direct path works through the proxy."""
+    await page.goto(deployment.url(f"/cam/check?token={TOKEN}"))
+    assert page.url == deployment.url("/cam/check")
+    await page.wait_for_function('document.body.dataset.done === "true"', timeout=60_000)
+    direct = await page.evaluate("() => window.results.direct")
+    assert direct["status"] == "works", direct
+
+
 async def _mjpeg_parts(url: str, count: int) -> list[tuple[float, bytes]]:
     """The first ``count`` pictures of an MJPEG stream, each with the time it arrived."""
     parts: list[tuple[float, bytes]] = []
