@@ -24,6 +24,7 @@ from signaling import limits, tls
 from signaling.app import create_app
 from signaling.config import DEFAULT_TURN_TTL, Config
 from signaling.listener import serve
+from signaling.proxy import parse_network
 from signaling.security import generate_token, normalize_host, normalize_origin
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
@@ -34,6 +35,14 @@ from webrtc.sources import SourceSpec, open_source
 logger = logging.getLogger("peercam")
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
+
+#: Secrets that may come from the environment: (flag's dest, variable). Read after parsing,
+#: never as argparse defaults, which ``--help`` would print.
+SECRET_ENV = (
+    ("token", "PEERCAM_TOKEN"),
+    ("turn_secret", "PEERCAM_TURN_SECRET"),
+    ("ice_credential", "PEERCAM_ICE_CREDENTIAL"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,12 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ice-username", help="username for every turn:/turns: server")
     p.add_argument(
         "--ice-credential",
-        default=os.environ.get("PEERCAM_ICE_CREDENTIAL"),
+        default=argparse.SUPPRESS,  # no "(default: …)" in --help
         help="credential for every turn:/turns: server (or PEERCAM_ICE_CREDENTIAL)",
     )
     p.add_argument(
         "--turn-secret",
-        default=os.environ.get("PEERCAM_TURN_SECRET"),
+        default=argparse.SUPPRESS,  # no "(default: …)" in --help
         help="shared secret of the TURN server (coturn static-auth-secret): every turn:/turns: "
         "URL then gets time-limited credentials per viewer (or PEERCAM_TURN_SECRET)",
     )
@@ -122,8 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-webrtc",
-        dest="webrtc",
-        action="store_false",
+        action="store_true",
         help="serve JPEG pictures only (viewers fall back at once)",
     )
     p.add_argument("--jpeg-quality", type=int, default=75, help="JPEG quality of pictures (1-100)")
@@ -135,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("PEERCAM_TOKEN"),
+        default=argparse.SUPPRESS,  # no "(default: …)" in --help
         help="access token (or PEERCAM_TOKEN; default: a random one, printed at start)",
     )
     p.add_argument(
@@ -149,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="URL",
         help="another site allowed to embed the viewer (repeatable), e.g. https://example.org",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="CIDR",
+        help="a reverse proxy whose X-Forwarded-For/-Proto/-Host (or Forwarded) headers are "
+        "believed, e.g. 127.0.0.1 (repeatable; or PEERCAM_TRUSTED_PROXY, comma-separated; "
+        "default: none, not even loopback)",
     )
     p.add_argument(
         "--allow-host",
@@ -250,6 +267,12 @@ def _ice_servers(args: argparse.Namespace) -> tuple[tuple[IceServer, ...], TurnS
 
 def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """Flags and environment → a validated :class:`Config`; exits with usage on bad input."""
+    for dest, variable in SECRET_ENV:
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, os.environ.get(variable) or None)
+    trusted = getattr(args, "trusted_proxy", None)
+    if trusted is None:
+        trusted = [v for v in os.environ.get("PEERCAM_TRUSTED_PROXY", "").split(",") if v.strip()]
     try:
         ice_servers, turn_secret = _ice_servers(args)
         if args.no_auth and args.token:
@@ -260,6 +283,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             token=token,
             allow_origins=tuple(normalize_origin(o) for o in args.allow_origin),
             allow_hosts=tuple(normalize_host(h) for h in args.allow_host),
+            trusted_proxies=tuple(parse_network(t) for t in trusted),
             max_per_address=args.max_per_address,
             max_connections=args.max_connections,
             header_timeout=args.header_timeout,
@@ -281,7 +305,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             relay_only=args.ice_transport_policy == "relay",
             max_viewers=args.max_viewers,
             connect_timeout=args.connect_timeout,
-            webrtc=args.webrtc,
+            webrtc=not args.no_webrtc,
             per_viewer_encoding=args.encoder == "per-viewer",
             jpeg_quality=args.jpeg_quality,
         )

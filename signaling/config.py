@@ -12,6 +12,8 @@ from webrtc.ladder import LadderSpec
 from webrtc.peers import WebRtcSettings
 from webrtc.sources import SourceSpec
 
+from .proxy import Network
+
 #: Lifetime of minted TURN credentials (``--turn-ttl``): minutes, so a leaked one soon dies.
 DEFAULT_TURN_TTL = 600
 #: TCP connections a client may hold beyond its long-lived ones (page, script, snapshots).
@@ -65,6 +67,9 @@ class Config:
     snapshot_rate: float = 10.0
     #: With access control off, Host names served besides the loopback ones.
     allow_hosts: tuple[str, ...] = ()
+    #: Reverse proxies whose X-Forwarded-* / Forwarded headers are believed (none by default,
+    #: not even loopback): see ``signaling/proxy.py``.
+    trusted_proxies: tuple[Network, ...] = ()
     per_viewer_encoding: bool = False
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR

@@ -28,6 +28,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from . import limits
 from .config import Config
+from .proxy import Network, is_trusted
+from .security import CLIENT_VIEW
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +41,14 @@ _REFUSED = (
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request, with ``token=`` redacted: tokens never reach the log."""
+    """One line per request, with ``token=`` redacted: tokens never reach the log. The client
+    is the forwarded one behind a trusted proxy (``203.0.113.9 via 127.0.0.1``)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        view = request.get(CLIENT_VIEW)
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"',
-            request.remote,
+            request.remote if view is None else view.describe(),
             request.method,
             limits.redact_token(request.path_qs),
             request.version.major,
@@ -57,11 +61,17 @@ class AccessLog(AbstractAccessLogger):
 
 
 class ConnectionGate:
-    """Open TCP connections, in total and per client, with their caps."""
+    """Open TCP connections, in total and per client, with their caps.
 
-    def __init__(self, total: int, per_client: int) -> None:
+    A trusted proxy carries every client behind it, and which one a connection is for is
+    known only once its request is parsed: its connections are capped by the total alone,
+    and the per-client limits apply to the forwarded clients in the security middleware.
+    """
+
+    def __init__(self, total: int, per_client: int, trusted: tuple[Network, ...] = ()) -> None:
         self.total = total
         self.per_client = per_client
+        self._trusted = trusted
         self.open = 0
         self.refused = 0
         self._clients: dict[str, int] = {}
@@ -71,7 +81,8 @@ class ConnectionGate:
         """The client key if this connection may open, else None (and a quiet warning)."""
         client = limits.client_of(address)
         held = self._clients.get(client, 0)
-        if self.open >= self.total or held >= self.per_client:
+        per_client = self.total if is_trusted(address, self._trusted) else self.per_client
+        if self.open >= self.total or held >= per_client:
             self.refused += 1
             which = (
                 f"{self.total} in total"
@@ -216,7 +227,9 @@ class Listener:
                 "at most %d connections (not %d): the file-descriptor limit is %d",
                 budget, wanted, limits.fd_limit(),
             )  # fmt: skip
-        self.gate = ConnectionGate(min(wanted, budget), config.connections_per_client)
+        self.gate = ConnectionGate(
+            min(wanted, budget), config.connections_per_client, config.trusted_proxies
+        )
         self._runner: web.AppRunner | None = None
         self._site: _GatedSite | None = None
 

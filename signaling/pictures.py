@@ -236,6 +236,8 @@ async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "Cache-Control": "no-store",
             "Pragma": "no-cache",
+            # nginx would otherwise buffer the stream and hand each picture on one late.
+            "X-Accel-Buffering": "no",
         }
     )
     await response.prepare(request)

@@ -5,6 +5,10 @@ The token travels as ``?token=`` (the URL printed at start, VLC, scripts), as th
 token is then stripped from the address bar), or as ``Authorization: Bearer``. Comparisons are
 constant-time. Static files (the page's code) need no token; everything that shows the camera
 or talks signaling does.
+
+Behind a ``--trusted-proxy`` every check here sees the request as the client made it
+(:func:`proxy.client_view`, computed once per request): the middleware hands the handlers a
+clone whose ``remote``, ``scheme`` and ``host`` are the forwarded ones.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
 from . import limits, messages
+from .proxy import ClientView, client_view
 from .state import Service
 
 logger = logging.getLogger(__name__)
@@ -30,7 +35,16 @@ WEBSOCKETS = ("/ws", "/video")
 #: Endpoints that hold a connection open: counted against --max-viewers and, per client,
 #: --max-per-address.
 LONG_LIVED = ("/ws", "/video", "/stream.mjpg")
-UNAUTHORIZED_CLOSE = 4401  # an application close code: "unauthorized"
+# Application close codes (4000-4999) after a refused WebSocket upgrade, named after the HTTP
+# status a plain request gets: the page can read a close code and reason, never a status.
+UNAUTHORIZED_CLOSE = 4401  # no valid token
+FORBIDDEN_ORIGIN_CLOSE = 4403  # a page from another origin
+MISDIRECTED_CLOSE = 4421  # --no-auth and a Host name this server does not answer to
+#: A close reason is at most 123 bytes of UTF-8 (RFC 6455: 125 with the code).
+MAX_CLOSE_REASON = 123
+
+#: The request as its client made it, set once per request by the middleware.
+CLIENT_VIEW: web.RequestKey[ClientView] = web.RequestKey("peercam_client_view", ClientView)
 
 #: Refusals of requests without a token or from a foreign origin: one INFO line per this many
 #: seconds at most (the others at DEBUG).
@@ -91,19 +105,39 @@ def token_is_valid(given: str | None, expected: str) -> bool:
     return hmac.compare_digest(given_bytes, expected.encode())
 
 
-def _host_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
-    """With access control off: is the Host header a loopback name or an ``--allow-host``?
+def close_reason(text: str) -> bytes:
+    """``text`` cut to what a close frame carries, never in the middle of a UTF-8 character
+    (a browser fails the whole close, 1006 and no reason, on invalid UTF-8)."""
+    return text.encode()[:MAX_CLOSE_REASON].decode(errors="ignore").encode()
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _host_name(host: str) -> str:
+    """``host[:port]`` → ``host`` (``[::1]:8443`` → ``[::1]``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _host_allowed(request: web.Request, view: ClientView, allowed: tuple[str, ...]) -> bool:
+    """With access control off: is the Host a loopback name or an ``--allow-host``?
 
     A DNS-rebinding page reaches the port under its own name (``attacker.example:9000``);
-    refusing names we do not know is what keeps it out. The port is the listening socket's,
-    never the header's.
+    refusing names we do not know is what keeps it out. Directly, the port is the listening
+    socket's, never the header's; through a trusted proxy it is the proxy's, which this server
+    cannot know: the forwarded name decides.
     """
-    host = request.headers.get("Host", "").strip().lower()
+    host = view.host.strip().lower()
+    names = (*LOOPBACK_NAMES, *allowed)
+    if view.proxy is not None:
+        return bool(host) and (host in allowed or _host_name(host) in names)
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if not host or not sockname:
         return False
     port = int(sockname[1])
-    names = (*LOOPBACK_NAMES, *allowed)
     if host in (f"{name}:{port}" for name in names):
         return True
     default_port = 443 if request.secure else 80
@@ -125,85 +159,121 @@ async def _refuse_at_limit(
     await ws.prepare(request)
     if error_code is not None and request.path == "/ws":
         await ws.send_str(messages.error_message(error_code, reason))
-    await ws.close(code=close_code, message=reason.encode()[:120])
+    await ws.close(code=close_code, message=close_reason(reason))
     return ws
 
 
-def _origin_of(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}".lower()
-
-
-def _allowed_origin(request: web.Request, allowed: tuple[str, ...]) -> str | None:
-    """The request's Origin if it may use this server (same origin or allowed), else None."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return None
+def _origin_allowed(origin: str, view: ClientView, allowed: tuple[str, ...]) -> bool:
+    """May a page from ``origin`` use this server (the same origin, or allowed)?"""
     normalized = origin.rstrip("/").lower()
-    if normalized == _origin_of(request) or normalized in allowed:
-        return origin
-    return None
+    return normalized == view.origin or normalized in allowed
 
 
-async def _refuse_websocket(request: web.Request, code: int, reason: str) -> web.StreamResponse:
-    # Browsers hide an HTTP status from a failed WebSocket handshake; a close frame with a
-    # reason is what the page can show. Nothing else is read from this socket.
-    ws = web.WebSocketResponse(max_msg_size=1024)
-    await ws.prepare(request)
-    await ws.close(code=code, message=reason.encode()[:120])
-    return ws
+async def _refuse(
+    request: web.Request,
+    status: type[web.HTTPException],
+    code: int,
+    reason: str,
+    *,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Refuse ``request``: a WebSocket upgrade is completed and closed with ``code`` and
+    ``reason``, anything else gets ``status`` with ``detail`` (else ``reason``).
+
+    Browsers hide the HTTP status of a failed WebSocket handshake; a close frame with a reason
+    is what the page can show. Nothing is sent on the socket before the close, nothing read.
+    """
+    if request.path in WEBSOCKETS:
+        ws = web.WebSocketResponse(max_msg_size=1024)
+        if ws.can_prepare(request).ok:
+            await ws.prepare(request)
+            await ws.close(code=code, message=close_reason(reason))
+            return ws
+    raise status(text=(detail or reason) + "\n", headers=headers)
+
+
+def _relative_location(request: web.Request) -> str:
+    """The page's own URL without ``token=``, relative (``./?codec=h264``, ``check``), so the
+    redirect stays under whatever prefix a proxy serves peercam at."""
+    query = [(k, v) for k, v in request.query.items() if k != "token"]
+    name = request.path.rsplit("/", 1)[-1] or "./"
+    return name + (f"?{urlencode(query)}" if query else "")
 
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[Service.KEY]
     config = service.config
+    view = client_view(
+        request.remote,
+        request.scheme,
+        request.headers.get("Host", ""),
+        request.headers,
+        config.trusted_proxies,
+    )
+    request[CLIENT_VIEW] = view  # before the clone, so the access log sees it too
+    if view.proxy is not None:
+        request = request.clone(remote=view.address, scheme=view.scheme, host=view.host)
     path = request.path
-    if config.token is None and not _host_allowed(request, config.allow_hosts):
-        logger.debug("refused %s for Host %r", path, request.headers.get("Host"))
-        raise web.HTTPMisdirectedRequest(
-            text="peercam without access control answers only to 127.0.0.1, localhost and "
+    client_limits = request.app[ClientLimits.KEY]
+    if config.token is None and not _host_allowed(request, view, config.allow_hosts):
+        logger.debug("refused %s for Host %r from %s", path, view.host, view.describe())
+        return await _refuse(
+            request,
+            web.HTTPMisdirectedRequest,
+            MISDIRECTED_CLOSE,
+            f"Host {_clip(view.host, 40)} is not served without a token: see --allow-host, "
+            "--trusted-proxy",
+            detail="peercam without access control answers only to 127.0.0.1, localhost and "
             "[::1] (this protects it from DNS rebinding); start it with --allow-host NAME "
-            "to be reached as NAME\n"
+            "to be reached as NAME (behind a reverse proxy: --trusted-proxy ADDRESS)",
         )
     if path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
 
     websocket = path in WEBSOCKETS
-    if (
-        websocket
-        and "Origin" in request.headers
-        and _allowed_origin(request, config.allow_origins) is None
-    ):
-        request.app[ClientLimits.KEY].access_refused(
-            "refused %s from origin %s", path, request.headers["Origin"]
+    origin = request.headers.get("Origin")
+    if websocket and origin is not None and not _origin_allowed(origin, view, config.allow_origins):
+        client_limits.access_refused(
+            "refused %s from origin %s (this server is %s) from %s",
+            path, origin, view.origin, view.describe(),
+        )  # fmt: skip
+        return await _refuse(
+            request,
+            web.HTTPForbidden,
+            FORBIDDEN_ORIGIN_CLOSE,
+            f"origin {_clip(origin, 36)} is not {_clip(view.origin, 36)}: see --allow-origin, "
+            "--trusted-proxy",
+            detail=f"a page from {origin} may not use this server ({view.origin}): allow it "
+            "with --allow-origin; behind a reverse proxy, name it with --trusted-proxy",
         )
-        raise web.HTTPForbidden(text="this origin may not use peercam (see --allow-origin)\n")
 
     if config.token is not None:
         given = _given_token(request)
         if not token_is_valid(given, config.token):
-            request.app[ClientLimits.KEY].access_refused(
-                "refused %s %s from %s: no valid token", request.method, path, request.remote
+            client_limits.access_refused(
+                "refused %s %s from %s: no valid token", request.method, path, view.describe()
             )
-            message = "unauthorized: open the URL with ?token= printed in peercam's log"
-            if websocket:
-                return await _refuse_websocket(request, UNAUTHORIZED_CLOSE, message)
-            raise web.HTTPUnauthorized(
-                text=message + "\n", headers={"WWW-Authenticate": 'Bearer realm="peercam"'}
+            return await _refuse(
+                request,
+                web.HTTPUnauthorized,
+                UNAUTHORIZED_CLOSE,
+                "unauthorized: open the URL with ?token= printed in peercam's log",
+                headers={"WWW-Authenticate": 'Bearer realm="peercam"'},
             )
         if path in PAGES and "token" in request.query and request.method == "GET":
             # Keep the token in an HttpOnly cookie and out of the address bar and history.
-            query = {k: v for k, v in request.query.items() if k != "token"}
-            location = request.rel_url.with_query(query)
-            response = web.HTTPSeeOther(location=str(location))
+            response = web.HTTPSeeOther(location=_relative_location(request))
+            # No Path: the browser defaults it to the page's directory, so two peercams under
+            # /cam1/ and /cam2/ of one proxy keep their own cookies.
             response.set_cookie(
                 COOKIE, config.token, max_age=COOKIE_MAX_AGE, httponly=True,
-                samesite="Strict", secure=request.secure, path="/",
+                samesite="Strict", secure=view.scheme == "https", path="",
             )  # fmt: skip
             raise response
 
-    client = limits.client_of(request.remote)
-    client_limits = request.app[ClientLimits.KEY]
+    client = limits.client_of(view.address)
     if path == "/snapshot.jpg" and not client_limits.snapshots.allow(client):
         client_limits.refused(path, client, "snapshot rate")
         raise web.HTTPTooManyRequests(

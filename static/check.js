@@ -34,7 +34,8 @@ function withTransport(servers, transport) {
 }
 
 function wsUrl() {
-  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+  // Relative to this page: works under any path prefix (/cam/check → /cam/ws).
+  return new URL("ws", location.href).href.replace(/^http/, "ws");
 }
 
 function openSocket() {
@@ -47,7 +48,8 @@ function openSocket() {
         resolve({ ws, config: msg });
       }
     };
-    ws.onerror = () => reject(new Error("cannot reach the server's WebSocket"));
+    // A refused socket (4401, 4403, 4421) closes with a reason that says what to change.
+    ws.onclose = (event) => reject(new Error(event.reason || "cannot reach the server's WebSocket"));
   });
 }
 

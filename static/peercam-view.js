@@ -16,6 +16,9 @@ const WEBRTC_RETRY_S = 30;
 const WEBRTC_RETRY_MAX_S = 300;
 const NETWORK_REASONS = new Set(["failed", "no-video", "stalled"]);
 const JPEG_HEADER_BYTES = 20; // "PCJ1", seq u32, capture time f64 (s), width u16, height u16
+// Close codes of a refused socket (docs/protocol.md): the reason says what to change, so it is
+// shown as it is and retried only slowly.
+const REFUSED_CLOSE_CODES = new Set([4401, 4403, 4421]);
 
 const TEMPLATE = `
 <style>
@@ -125,11 +128,10 @@ class PeercamView extends HTMLElement {
     root.querySelector(".fullscreen").addEventListener("click", () => this.#toggleFullscreen());
   }
 
-  /** The WebSocket URL: the `src` attribute, or /ws on this page's server. */
+  /** The WebSocket URL: the `src` attribute, or `ws` next to this page. Relative, so the page
+   *  works under any path prefix a reverse proxy serves it at (/cam/ → /cam/ws). */
   get url() {
-    const src = this.getAttribute("src");
-    if (src) return new URL(src, location.href).href.replace(/^http/, "ws");
-    return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+    return new URL(this.getAttribute("src") || "ws", location.href).href.replace(/^http/, "ws");
   }
 
   #param(name) {
@@ -263,8 +265,9 @@ class PeercamView extends HTMLElement {
     ws.onclose = (event) => {
       log("socket closed", event.code, event.reason);
       this.#teardown();
-      if (event.code === 4401) {
-        // No valid token: say so plainly; retrying soon would not help.
+      if (REFUSED_CLOSE_CODES.has(event.code)) {
+        // No valid token, a foreign origin, a Host not served: say so plainly; retrying soon
+        // would not help.
         this.#retryMs = RECONNECT_MAX_MS;
         this.#set({ error: event.reason || "unauthorized" });
       }
@@ -592,7 +595,7 @@ class PeercamView extends HTMLElement {
     try {
       // Small and light: on a slow link it must not hold up the video that follows it.
       const response = await fetch(
-        new URL("/snapshot.jpg?width=320&quality=50", this.url.replace(/^ws/, "http")),
+        new URL("snapshot.jpg?width=320&quality=50", this.url.replace(/^ws/, "http")),
         { cache: "no-store" });
       if (!response.ok) return;
       const bitmap = await createImageBitmap(await response.blob());

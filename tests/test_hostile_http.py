@@ -354,9 +354,14 @@ async def test_without_auth_only_loopback_host_names_are_served(start: StartServ
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "camera.lan"):
             async with http.get(server.url("/api/status"), headers={"Host": host}) as r:
                 assert r.status == 200, host
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await http.ws_connect(server.ws, origin=f"http://attacker.example:{port}")
-        assert refused.value.status == 403
+        # WebSockets are upgraded and closed with a reason the page can show.
+        async with http.ws_connect(server.ws, headers={"Host": f"attacker.example:{port}"}) as ws:
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4421)
+            assert "--allow-host" in (msg.extra or "")
+        async with http.ws_connect(server.ws, origin=f"http://attacker.example:{port}") as ws:
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4403)
 
 
 # 8. Secrets and errors ---------------------------------------------------------------------

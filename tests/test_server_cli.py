@@ -106,7 +106,7 @@ async def test_access_control_is_on_by_default_with_a_printed_token_url() -> Non
                 f"http://127.0.0.1:{port}/?token={token}", allow_redirects=False
             ) as response:
                 assert response.status == 303
-                assert response.headers["Location"] == "/"  # the token leaves the address bar
+                assert response.headers["Location"] == "./"  # the token leaves the address bar
                 cookie = response.cookies["peercam_token"]
                 assert cookie.value == token
                 assert cookie["httponly"]
