@@ -557,11 +557,19 @@ class PeercamView extends HTMLElement {
 
   async #drawPicture(buffer) {
     this.#jpeg.busy = true;
+    const ws = this.#ws; // a picture of this socket, in JPEG mode
+    let current = true;
     try {
       const view = new DataView(buffer);
       const captured = view.getFloat64(8);
       const bitmap = await createImageBitmap(
         new Blob([new Uint8Array(buffer, JPEG_HEADER_BYTES)], { type: "image/jpeg" }));
+      // The element may have left JPEG mode (WebRTC retried) while this one decoded.
+      current = ws === this.#ws && this.#info.mode === "JPEG";
+      if (!current) {
+        bitmap.close();
+        return;
+      }
       this.#draw(bitmap);
       this.#info.framesDrawn += 1;
       this.#info.latencyMs = Date.now() - captured * 1000;
@@ -572,11 +580,11 @@ class PeercamView extends HTMLElement {
     } catch (e) {
       log("picture not drawn", e);
     } finally {
-      this.#send({ type: "ack" });
+      if (current) this.#send({ type: "ack" });
       this.#jpeg.busy = false;
       const next = this.#jpeg.pending;
       this.#jpeg.pending = null;
-      if (next) this.#drawPicture(next);
+      if (next && current) this.#drawPicture(next);
     }
   }
 
