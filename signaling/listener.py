@@ -34,6 +34,7 @@ from .security import CLIENT_VIEW
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 2.0
+EARLY_DATA_MAX = 64 * 1024
 _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 30\r\n"
     b"Retry-After: 5\r\nConnection: close\r\n\r\ntoo many connections, retry\r\n\r\n"
@@ -114,35 +115,88 @@ class ConnectionGate:
 
 
 class _GatedProtocol(asyncio.Protocol):
-    """Admits a connection through the gate, then hands every event to aiohttp's handler."""
+    """Admits a connection through the gate, then hands every event to aiohttp's handler.
 
-    def __init__(self, gate: ConnectionGate, server: web.Server) -> None:
+    With TLS the gate comes first and the handshake after it (``loop.start_tls`` on the
+    admitted connection): had the server socket done TLS itself, connections would reach the
+    gate only after their handshake, and a flood of handshakes that never finish would hold
+    descriptors uncounted.
+    """
+
+    def __init__(self, gate: ConnectionGate, server: web.Server, tls: _Tls | None = None) -> None:
         self._gate = gate
         self._server = server
+        self._tls = tls
         self._inner: RequestHandler | None = None
         self._client: str | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        # What TLS decrypts between the handshake's end and this protocol's task resuming
+        # (a request sent at once): kept for the handler, a few KiB at most.
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         client = self._gate.admit(peer[0] if peer else None)
         if client is None:
             assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_REFUSED)  # a few bytes into a fresh socket buffer: never blocks
+            if self._tls is None:
+                transport.write(_REFUSED)  # a few bytes into a fresh socket buffer
             transport.close()
             return
         self._client = client
+        if self._tls is None:
+            self._serve(transport)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello waits in the socket for start_tls
+        self._handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
+        self._tls.handshakes.add(self._handshake)
+        self._handshake.add_done_callback(self._tls.handshakes.discard)
+
+    def _serve(self, transport: asyncio.BaseTransport) -> None:
         self._inner = self._server()
         self._inner.connection_made(transport)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._inner is not None and self._client is not None:
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        assert self._tls is not None
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                transport, self, self._tls.context, server_side=True,
+                ssl_handshake_timeout=self._tls.timeout,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError) as exc:
+            # No handshake, no connection: asyncio tells this protocol nothing more.
+            logger.debug("TLS handshake failed: %r", exc)
+            transport.abort()
+            self._release()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if secure is None:
+            self._release()
+            return
+        self._serve(secure)
+        early, self._early = self._early, []
+        for data in early:
+            if self._inner is not None:
+                self._inner.data_received(data)
+
+    def _release(self) -> None:
+        if self._client is not None:
             self._gate.release(self._client)
+            self._client = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        if self._inner is not None:
             self._inner.connection_lost(exc)
             self._inner = None
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._handshake is not None and sum(map(len, self._early)) < EARLY_DATA_MAX:
+            self._early.append(data)
 
     def eof_received(self) -> None:
         if self._inner is not None:
@@ -155,6 +209,21 @@ class _GatedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
+
+
+class _Tls:
+    """TLS for a gated site: the context, the handshake's deadline, the handshakes under way
+    (owned here and cancelled when the site stops)."""
+
+    def __init__(self, context: ssl.SSLContext, timeout: float) -> None:
+        self.context = context
+        self.timeout = timeout
+        self.handshakes: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        for task in list(self.handshakes):
+            task.cancel()
+        await asyncio.gather(*self.handshakes, return_exceptions=True)
 
 
 class _GatedSite(web.BaseSite):
@@ -175,6 +244,7 @@ class _GatedSite(web.BaseSite):
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
+        self._tls: _Tls | None = None
 
     @property
     def name(self) -> str:
@@ -186,17 +256,23 @@ class _GatedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         gate = self._gate
+        # TLS after the gate (see _GatedProtocol): the server socket itself is plain TCP. A
+        # handshake must end as quickly as a request's headers must arrive.
+        tls = self._tls = (
+            _Tls(self._ssl_context, self._handshake_timeout) if self._ssl_context else None
+        )
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _GatedProtocol(gate, server),
+            lambda: _GatedProtocol(gate, server, tls),
             self._host,
             self._port,
-            ssl=self._ssl_context,
-            # A TLS handshake happens before connection_made (and so before the gate): it
-            # must end as quickly as a request's headers must arrive.
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=True,
         )
+
+    async def stop(self) -> None:
+        if self._tls is not None:
+            await self._tls.aclose()
+        await super().stop()
 
     @property
     def port(self) -> int:

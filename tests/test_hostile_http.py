@@ -9,16 +9,18 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from signaling import limits
+from signaling import limits, tls
 from signaling.app import create_app
 from signaling.config import DEFAULT_TURN_TTL
 from signaling.listener import Listener
@@ -179,6 +181,40 @@ async def test_idle_and_half_sent_requests_are_dropped_within_the_header_timeout
             sock.close()
     warnings = [r for r in caplog.records if "connections refused" in r.getMessage()]
     assert len(warnings) == 1  # one rate-limited WARNING, not one per refusal
+
+
+async def test_tls_handshakes_that_never_finish_are_capped_like_any_connection(
+    start: StartServer, tmp_path: Path
+) -> None:
+    """With TLS the gate comes before the handshake: a flood of connections that never say
+    hello is held to its share and dropped at the header timeout; HTTPS still works."""
+    cert, key = tls.self_signed(tmp_path, ["127.0.0.1"])
+    config = replace(
+        LOOPBACK_CONFIG, host="127.0.0.1", max_per_address=4, max_connections=100,
+        header_timeout=1.0, token=TOKEN,
+    )  # fmt: skip
+    app = create_app(config, source=TestPatternSource())
+    listener = Listener(app, config, port=0, ssl_context=tls.server_context(cert, key))
+    await listener.start()
+    socks = [await _connect(listener.port) for _ in range(50)]
+    try:
+        gate = listener.gate
+        await eventually(lambda: gate.open + gate.refused >= 50)
+        assert gate.open <= 4 + 8
+        assert all([await _closed_by_server(s, 10) for s in socks[:3]])  # the deadline
+        client = ssl.create_default_context(cafile=str(cert))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"https://127.0.0.1:{listener.port}/api/status?token={TOKEN}", ssl=client
+            ) as r,
+        ):
+            assert r.status == 200
+        await eventually(lambda: gate.open == 0)  # failed handshakes leave nothing counted
+    finally:
+        for sock in socks:
+            sock.close()
+        await listener.aclose()
 
 
 def test_the_connection_cap_stays_below_the_fd_limit() -> None:
