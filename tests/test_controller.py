@@ -156,6 +156,26 @@ def test_random_loss_in_one_report_is_not_congestion() -> None:
     assert c.decide(7.0) is not None
 
 
+def test_loss_is_measured_over_a_second_of_reports_not_one_report() -> None:
+    """Reports come with every NACK, a tenth of a second apart: one of them reads 50 % (2 of
+    4 packets) on a link that loses 5 %; the counts over a second say 5 %."""
+    c = RungController(NEEDS, now=0.0)
+    lost = highest = 0
+    for i in range(1, 60):  # 6 s of reports every 0.1 s, 10 packets each, 1 in 20 lost
+        highest += 10
+        lost += 1 if i % 2 else 0
+        c.on_receiver_report(0.5 if i % 2 else 0.0, None, i * 0.1, lost=lost, highest=highest)
+        assert c.decide(i * 0.1) is None
+    assert 0.03 <= c.fraction_lost <= 0.07
+    for i in range(60, 90):  # then a queue overflows: 3 of every 10 lost
+        highest += 10
+        lost += 3
+        c.on_receiver_report(0.3, None, i * 0.1, lost=lost, highest=highest)
+        if c.decide(i * 0.1) is not None:
+            break
+    assert c.index == 1
+
+
 def test_stale_reports_are_no_evidence() -> None:
     """A loss report from long ago does not keep a viewer down."""
     c = RungController(NEEDS, now=0.0)

@@ -520,7 +520,10 @@ def _hook_sender(
                         sent_at = getattr(sender, "_RTCRtpSender__lsr_time", None)
                         if sent_at is not None:
                             rtt = time.time() - sent_at - report.dlsr / 65536
-                    controller.on_receiver_report(report.fraction_lost / 256, rtt, now)
+                    controller.on_receiver_report(
+                        report.fraction_lost / 256, rtt, now,
+                        lost=report.packets_lost, highest=report.highest_sequence,
+                    )  # fmt: skip
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
