@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 from pathlib import Path
 
+import aiohttp
 import aioice
 import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
+from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run, _stop
 from tests.turn import coturn
 from webrtc.errors import NoUdpPort
 from webrtc.ice import PortRange, announce_only, bind_within
@@ -117,6 +120,7 @@ async def test_two_viewers_play_on_two_ports_of_the_range(make_server: ServerFac
         selected = {_selected_server_port(v) for v in viewers}
         assert len(selected) == 2
         assert all(p in ports for p in selected)
+        assert service_of(server).status()["udpPorts"] == str(ports)
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
 
@@ -151,3 +155,26 @@ async def test_a_full_range_refuses_the_next_viewer_until_a_port_is_free(
         assert _selected_server_port(third) == ports.low
     finally:
         await third.close()
+
+
+async def test_flag_and_environment_are_validated_at_start() -> None:
+    """A bad --udp-ports or PEERCAM_UDP_PORTS is a usage error naming the flag; a good one is
+    what /api/status shows."""
+    for args, env in ((("--udp-ports", "80-90"), {}), ((), {"PEERCAM_UDP_PORTS": "9-x"})):
+        process = await _run("--source", "test", *args, env=env)
+        assert process.stdout is not None
+        output = (await process.stdout.read()).decode()
+        assert await process.wait() == 2
+        assert "--udp-ports" in output
+    port = _free_port()
+    process = await _run("--source", "test", "--port", str(port), "--no-auth",
+                         env={"PEERCAM_UDP_PORTS": "41000-41009"})  # fmt: skip
+    try:
+        await _read_until(process, "open http://")
+        async with aiohttp.ClientSession() as http:
+            status = json.loads(
+                await _get_when_listening(http, f"http://127.0.0.1:{port}/api/status")
+            )
+        assert status["udpPorts"] == "41000-41009"
+    finally:
+        await _stop(process)
