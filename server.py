@@ -28,7 +28,7 @@ from signaling.proxy import parse_network
 from signaling.security import generate_token, normalize_host, normalize_origin
 from webrtc.encoders import Codec
 from webrtc.errors import SourceError
-from webrtc.ice import IceServer, TurnSecret
+from webrtc.ice import IceServer, PortRange, TurnSecret
 from webrtc.ladder import LadderSpec
 from webrtc.sources import SourceSpec, open_source
 
@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="IP",
         help="local address ICE announces (repeatable; default: every interface but loopback)",
+    )
+    p.add_argument(
+        "--udp-ports",
+        default=os.environ.get("PEERCAM_UDP_PORTS") or None,
+        metavar="LO-HI",
+        help="bind every ICE socket in these UDP ports (inclusive; one per viewer and ICE "
+        "address): the range to forward to this machine (or PEERCAM_UDP_PORTS)",
     )
     p.add_argument(
         "--no-webrtc",
@@ -265,6 +272,15 @@ def _ice_servers(args: argparse.Namespace) -> tuple[tuple[IceServer, ...], TurnS
     return servers, None
 
 
+def _udp_ports(text: str | None) -> PortRange | None:
+    if not text:
+        return None
+    try:
+        return PortRange.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"--udp-ports: {exc}") from None
+
+
 def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """Flags and environment → a validated :class:`Config`; exits with usage on bad input."""
     for dest, variable in SECRET_ENV:
@@ -302,6 +318,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             turn_secret=turn_secret,
             ice_addresses=tuple(args.ice_address),
             ice_advertise=tuple(args.ice_advertise),
+            udp_ports=_udp_ports(args.udp_ports),
             relay_only=args.ice_transport_policy == "relay",
             max_viewers=args.max_viewers,
             connect_timeout=args.connect_timeout,

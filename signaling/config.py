@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webrtc.encoders import Codec
-from webrtc.ice import IceServer, TurnSecret
+from webrtc.ice import IceServer, PortRange, TurnSecret
 from webrtc.ladder import LadderSpec
 from webrtc.peers import WebRtcSettings
 from webrtc.sources import SourceSpec
@@ -42,6 +42,8 @@ class Config:
     turn_secret: TurnSecret | None = None
     ice_addresses: tuple[str, ...] = ()
     ice_advertise: tuple[str, ...] = ()
+    #: The UDP ports every ICE host socket is bound in (``--udp-ports``); None: ephemeral.
+    udp_ports: PortRange | None = None
     relay_only: bool = False
     max_viewers: int = 50
     connect_timeout: float = 20.0
@@ -134,6 +136,7 @@ class Config:
             turn_secret=self.turn_secret,
             ice_addresses=self.ice_addresses,
             advertise_addresses=self.ice_advertise,
+            udp_ports=self.udp_ports,
             relay_only=self.relay_only,
             per_viewer_encoding=self.per_viewer_encoding,
             connect_timeout=self.connect_timeout,

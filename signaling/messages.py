@@ -56,6 +56,7 @@ FALLBACK_REASONS = frozenset(
         "no-webrtc",
         "offer-error",
         "no-codec",
+        "no-udp-port",
         "failed",
         "no-video",
         "stalled",

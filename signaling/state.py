@@ -54,6 +54,7 @@ class Service:
             "viewers": len(self.viewers),
             "peers": [p.stats() for p in self.peers.peers()],
             "ladder": self._ladder_status(),
+            "udpPorts": str(ports) if (ports := self.peers.settings.udp_ports) else None,
             "encoders": {
                 str(key): running[key].stats() | {"viewers": self.encoders.users(key)}
                 for key in running

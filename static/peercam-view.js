@@ -78,6 +78,7 @@ const REASON_TEXT = {
   "webrtc-disabled": "the server serves JPEG only",
   "offer-error": "the server refused WebRTC",
   "no-codec": "no video codec in common with the server",
+  "no-udp-port": "every UDP port of the server is in use",
   stalled: "the WebRTC picture froze",
   failed: "the WebRTC connection failed",
   "no-video": "no WebRTC video in time",
@@ -316,8 +317,8 @@ class PeercamView extends HTMLElement {
       case "error":
         log("server error", msg.code, msg.message);
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
-          const known = { "webrtc-disabled": "webrtc-disabled", "no-codec": "no-codec" };
-          this.#fallBack(known[msg.code] || "offer-error", `${msg.code}: ${msg.message}`);
+          const known = new Set(["webrtc-disabled", "no-codec", "no-udp-port"]);
+          this.#fallBack(known.has(msg.code) ? msg.code : "offer-error", `${msg.code}: ${msg.message}`);
         } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
           // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });

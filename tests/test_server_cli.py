@@ -21,11 +21,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _run(*args: str) -> asyncio.subprocess.Process:
+async def _run(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "server.py"), *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
     )  # fmt: skip
 
 

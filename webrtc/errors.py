@@ -3,6 +3,7 @@
 PeercamMediaError
 ├── SourceError          a source cannot be parsed, opened or read
 └── NegotiationError     an offer or candidate that WebRTC cannot accept
+    └── NoUdpPort        every port of ``--udp-ports`` is taken
 """
 
 
@@ -23,3 +24,10 @@ class NegotiationError(PeercamMediaError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class NoUdpPort(NegotiationError):
+    """No port of the configured UDP range is free on an address ICE announces."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("no-udp-port", message)

@@ -5,29 +5,81 @@ Boards with several interfaces (and tests on loopback) need to choose, as MediaM
 ``webrtcIPsFromInterfaces`` and go2rtc's ``webrtc.filters`` allow. :func:`announce_only` scopes a
 choice to the current task through a context variable; :func:`_install` wraps aioice's address
 lookup once, and the wrapper defers to aioice untouched wherever no choice is in force.
+
+aioice also binds its host sockets on ephemeral ports, with no option to choose (aioice 0.13 has
+none), so a server behind a port forward cannot be reached. :func:`bind_within` scopes a
+:class:`PortRange` the same way: :func:`_install_ports` wraps aioice's per-component gathering
+once, binds each host socket on the first free port of the range (and asks STUN through it, as
+aioice does), and leaves the rest (TURN) to aioice. ``tests/test_udp_ports.py`` fails when an
+aioice upgrade breaks the hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import contextvars
+import errno
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
+import aioice.turn
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCIceServer
+
+from .errors import NoUdpPort
+
+logger = logging.getLogger(__name__)
 
 _ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "peercam_ice_addresses", default=None
 )
 _SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """UDP ports ``low``-``high`` (inclusive) that ICE host sockets are bound in."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.low <= self.high <= 65535:
+            raise ValueError(f"UDP ports {self}: need 1024 <= LO <= HI <= 65535")
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """``"LO-HI"`` (or one port, ``"P"``)."""
+        low, sep, high = text.strip().partition("-")
+        try:
+            return cls(int(low), int(high if sep else low))
+        except ValueError:
+            raise ValueError(f"UDP ports {text!r}: need LO-HI, 1024 <= LO <= HI <= 65535") from None
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+
+_PORTS: contextvars.ContextVar[PortRange | None] = contextvars.ContextVar(
+    "peercam_ice_ports", default=None
+)
 
 
 def _install() -> None:
@@ -67,6 +119,109 @@ def announce_only(addresses: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         _ADDRESSES.reset(token)
+
+
+@contextlib.contextmanager
+def bind_within(ports: PortRange | None) -> Iterator[None]:
+    """Within this block (and tasks it starts), every ICE host socket is bound in ``ports``.
+
+    Gathering raises :class:`~webrtc.errors.NoUdpPort` when an announced address has no free
+    port left in the range (the sockets it bound on other addresses are closed first). None
+    leaves aioice's own choice (ephemeral ports).
+    """
+    if ports is None:
+        yield
+        return
+    _install_ports()
+    token = _PORTS.set(ports)
+    try:
+        yield
+    finally:
+        _PORTS.reset(token)
+
+
+def _install_ports() -> None:
+    cls = aioice.ice.Connection
+    original = cls.get_component_candidates
+    if getattr(original, "_peercam", False):
+        return
+
+    async def get_component_candidates(
+        self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        ports = _PORTS.get()
+        if ports is None or not addresses:
+            return await original(self, component, addresses, timeout)
+        hosts = await _bind_hosts(self, component, addresses, ports)
+        self._protocols += hosts
+        # aioice's own method, given no address, does only what needs no host socket (TURN).
+        reflexive: list[asyncio.Task[tuple[Candidate, None]]] = []
+        if self.stun_server:
+            for protocol in hosts:
+                if ipaddress.ip_address(protocol.local_candidate.host).version == 4:
+                    reflexive.append(
+                        asyncio.create_task(
+                            aioice.ice.server_reflexive_candidate(protocol, self.stun_server)
+                        )
+                    )
+        others = await original(self, component, [], timeout)
+        candidates = [p.local_candidate for p in hosts]
+        if reflexive:
+            done, pending = await asyncio.wait(reflexive, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            candidates += [t.result()[0] for t in done if t.exception() is None]
+        return candidates + others
+
+    get_component_candidates._peercam = True  # type: ignore[attr-defined]
+    cls.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind_hosts(
+    connection: aioice.ice.Connection, component: int, addresses: list[str], ports: PortRange
+) -> list[aioice.ice.StunProtocol]:
+    """One host socket per address on its first free port of ``ports`` (as aioice's own
+    gathering does on an ephemeral port); an address that cannot be bound at all is skipped, as
+    aioice skips it. Raises NoUdpPort, with nothing left open, when every port is taken."""
+    loop = asyncio.get_running_loop()
+    bound: list[aioice.ice.StunProtocol] = []
+    try:
+        for address in addresses:
+            for port in range(ports.low, ports.high + 1):
+                try:
+                    transport, protocol = await loop.create_datagram_endpoint(
+                        lambda: aioice.ice.StunProtocol(connection), local_addr=(address, port)
+                    )
+                except OSError as exc:
+                    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                        continue
+                    logger.info("could not bind to %s: %s", address, exc)
+                    break
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE
+                    )
+                host, bound_port = transport.get_extra_info("sockname")[:2]
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", host),
+                    component=component,
+                    transport="udp",
+                    priority=candidate_priority(component, "host"),
+                    host=host,
+                    port=bound_port,
+                    type="host",
+                )
+                bound.append(protocol)
+                break
+            else:
+                raise NoUdpPort(f"every UDP port of {ports} is taken on {address}")
+    except BaseException:
+        for protocol in bound:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        raise
+    return bound
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ class WebRtcSettings:
     turn_secret: ice.TurnSecret | None = None
     ice_addresses: tuple[str, ...] = ()
     advertise_addresses: tuple[str, ...] = ()
+    #: Every ICE host socket is bound in this range (``--udp-ports``); None: ephemeral ports.
+    udp_ports: ice.PortRange | None = None
     relay_only: bool = False
     connect_timeout: float = 20.0
     #: aiortc's usual way, one encoder per viewer: kept only to measure what sharing saves.
@@ -264,11 +266,14 @@ class Peer:
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendonly")
         self._transceiver.setCodecPreferences(preferences)
         try:
-            with ice.announce_only(self._manager.settings.ice_addresses):
+            settings = self._manager.settings
+            with ice.announce_only(settings.ice_addresses), ice.bind_within(settings.udp_ports):
                 await self._pc.setRemoteDescription(
                     RTCSessionDescription(sdp=offer_sdp, type="offer")
                 )
                 await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except NegotiationError:  # NoUdpPort, from gathering: passed on with its own code
+            raise
         except Exception as exc:  # aiortc raises ValueError, InvalidStateError, OperationError…
             raise NegotiationError("invalid-sdp", f"the offer was refused: {exc}") from exc
         local = self._pc.localDescription
