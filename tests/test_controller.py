@@ -40,12 +40,26 @@ def test_a_clean_link_stays_on_the_top_rung() -> None:
     assert c.index == 0
 
 
-def test_a_low_but_steady_estimate_at_start_is_not_congestion() -> None:
-    """Receivers start their estimate low and raise it; only a drop means a queue."""
+def test_an_estimate_far_below_the_rung_is_congestion_even_without_a_drop() -> None:
+    """Chrome's first REMB on a 300 kbit/s link: ~300 kbit/s within a second, no drop yet."""
     c = RungController(NEEDS, now=0.0)
+    c.on_remb(320_000, 1.0)
+    decision = c.decide(1.0)
+    assert decision is not None
+    assert decision.index == 2
+
+
+def test_a_low_but_rising_estimate_at_start_is_not_congestion() -> None:
+    """Chrome on a clean link: a first REMB of about half the top rung's need after ~5 s,
+    rising slowly. Not a drop, not far below: the viewer stays on the top rung."""
+    c = RungController(NEEDS, now=0.0)
+    moves = []
     for i in range(20):
-        c.on_remb(300_000 + 50_000 * i, i * 0.5)
-    assert run(c, 0.0, 10.0) == []
+        t = 5.0 + i * 0.5
+        c.on_remb(450_000 + 30_000 * i, t)
+        if (decision := c.decide(t)) is not None:
+            moves.append(decision)
+    assert moves == []
 
 
 def test_congestion_steps_down_at_once_to_the_rung_the_estimate_carries() -> None:

@@ -36,6 +36,7 @@ HEADER_BITS_PER_FRAME = 2 * 60 * 8  # ~2 packets a frame, ~60 bytes of headers e
 REPORT_MAX_AGE = 3.0
 #: Congestion signals.
 REMB_DROP = 0.9  # a REMB below 90 % of the previous one: the receiver saw queueing
+FAR_BELOW = 0.4  # a REMB below 40 % of the rung's need is congestion, dropped or not
 LOSS_HIGH = 0.10
 LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
 LOSS_LOW = 0.02
@@ -183,6 +184,16 @@ class RungController:
             and self._remb < self._needs[self.index]
         ):
             return f"estimate fell to {self._remb // 1000} kbit/s"
+        if (
+            self._remb is not None
+            and self._fresh(self._remb_at, now)
+            and self._since_change(self._remb_at, REMB_SETTLE)
+            and self._remb < FAR_BELOW * self._needs[self.index]
+        ):
+            # Far below what the rung needs, drop or not: a receiver that sends its first
+            # estimate early does so because its queue grew (Chrome: ~300 kbit/s within a
+            # second on a 300 kbit/s link; on a clean one nothing for ~5 s, then half the need).
+            return f"estimate {self._remb // 1000} kbit/s, far below the rung's"
         if (
             self._fresh(self._loss_at, now)
             and self._since_change(self._loss_at, REMB_SETTLE)
