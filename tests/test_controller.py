@@ -49,6 +49,32 @@ def test_an_estimate_far_below_the_rung_is_congestion_even_without_a_drop() -> N
     assert decision.index == 2
 
 
+def test_an_estimate_held_below_the_rung_is_congestion() -> None:
+    """A receiver held at its link's rate sends the same estimate again and again: below the
+    rung's need and flat for 3 s, the viewer steps down to what it carries."""
+    c = RungController(NEEDS, start=2, now=0.0)  # 180 kbit/s on a 150 kbit/s link
+    moves = []
+    for i in range(20):
+        t = 5.0 + i * 0.5
+        c.on_remb(106_000, t)
+        if (decision := c.decide(t)) is not None:
+            moves.append((t, decision.index))
+    assert moves
+    assert moves[0][1] == 3
+    assert moves[0][0] >= 5.0 + 3.0
+
+
+def test_an_encoder_that_undershoots_is_not_a_link_that_cannot_carry_it() -> None:
+    """A still scene: the top rung sends 500 kbit/s of its 921, and the receiver's estimate
+    settles above that, below the rung's need: no step down."""
+    c = RungController(NEEDS, now=0.0)
+    for i in range(30):
+        t = 5.0 + i * 0.5
+        c.on_sent(round(500_000 / 8 * t), t)
+        c.on_remb(760_000, t)
+        assert c.decide(t) is None
+
+
 def test_a_low_but_rising_estimate_at_start_is_not_congestion() -> None:
     """Chrome on a clean link: a first REMB of about half the top rung's need after ~5 s,
     rising slowly. Not a drop, not far below: the viewer stays on the top rung."""

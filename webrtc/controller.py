@@ -37,6 +37,9 @@ REPORT_MAX_AGE = 3.0
 #: Congestion signals.
 REMB_DROP = 0.9  # a REMB below 90 % of the previous one: the receiver saw queueing
 FAR_BELOW = 0.4  # a REMB below 40 % of the rung's need is congestion, dropped or not
+REMB_FLAT_WINDOW = 3.0  # seconds over which an estimate below the need must rise ...
+REMB_RISING = 1.1  # ... by this factor, or it is held by the link
+SENT_WINDOW = 2.0  # seconds over which the rate a viewer is sent is measured
 LOSS_HIGH = 0.10
 LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
 LOSS_LOW = 0.02
@@ -90,6 +93,8 @@ class RungController:
         self._failed_probes = 0
         self._previous_loss = 0.0
         self._counts: deque[tuple[float, int, int]] = deque()
+        self._rembs: deque[tuple[float, int]] = deque()
+        self._sent: deque[tuple[float, int]] = deque()
         self._remb: int | None = None
         self._remb_at = -math.inf
         self._remb_dropped_at = -math.inf
@@ -111,6 +116,9 @@ class RungController:
             self._remb_dropped_at = now
         self._remb = bitrate
         self._remb_at = now
+        self._rembs.append((now, bitrate))
+        while len(self._rembs) > 2 and now - self._rembs[1][0] >= REMB_FLAT_WINDOW:
+            self._rembs.popleft()
 
     def on_receiver_report(
         self, fraction_lost: float, rtt: float | None, now: float,
@@ -140,6 +148,20 @@ class RungController:
         self._previous_loss = self._loss if self._since_change(self._loss_at, 0.0) else 0.0
         self._loss = loss
         self._loss_at = now
+
+    def on_sent(self, total_bytes: int, now: float) -> None:
+        """How many media bytes the viewer has been sent so far (for the rate it gets)."""
+        self._sent.append((now, total_bytes))
+        while len(self._sent) > 2 and now - self._sent[1][0] >= SENT_WINDOW:
+            self._sent.popleft()
+
+    @property
+    def sent_bitrate(self) -> float | None:
+        """Bit/s the viewer was sent over the last ``SENT_WINDOW`` (None before a window)."""
+        if len(self._sent) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._sent[0], self._sent[-1]
+        return (b1 - b0) * 8 / (t1 - t0) if t1 - t0 >= SENT_WINDOW / 2 else None
 
     # -- what the status shows -----------------------------------------------------------------
 
@@ -194,6 +216,10 @@ class RungController:
             # estimate early does so because its queue grew (Chrome: ~300 kbit/s within a
             # second on a 300 kbit/s link; on a clean one nothing for ~5 s, then half the need).
             return f"estimate {self._remb // 1000} kbit/s, far below the rung's"
+        if self._remb is not None and self._stuck_below(now):
+            # Below the rung's need and not rising: a receiver that can take more raises its
+            # estimate steadily (~5 % a half second); one held at its link's rate does not.
+            return f"estimate held at {self._remb // 1000} kbit/s, below the rung's"
         if (
             self._fresh(self._loss_at, now)
             and self._since_change(self._loss_at, REMB_SETTLE)
@@ -212,6 +238,22 @@ class RungController:
         ):
             return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
         return None
+
+    def _stuck_below(self, now: float) -> bool:
+        if not self._rembs or not self._fresh(self._remb_at, now):
+            return False
+        then, first = self._rembs[0]
+        if now - then < REMB_FLAT_WINDOW or not self._since_change(then, REMB_SETTLE):
+            return False
+        newest = self._rembs[-1][1]
+        # Below what it is sent, too: an encoder that undershoots its rung (a still scene)
+        # is not a link that cannot carry it. A receiver with room estimates above what it
+        # gets (up to 1.5x); one whose queue grows, below (0.85x).
+        sent = self.sent_bitrate
+        below_sent = sent is None or newest < 0.95 * sent
+        return (
+            newest < 0.9 * self._needs[self.index] and newest < first * REMB_RISING and below_sent
+        )
 
     def _fits(self, bitrate: float) -> int:
         """The highest rung whose need is within ``bitrate``; the bottom rung if none is."""
@@ -279,7 +321,12 @@ class RungController:
             and self._failed_probes == 0
             and self.probes == 0
         )
-        if calm >= self._probe_wait and not lossy and not early:
+        short = (  # the estimate does not even carry this rung: nothing to probe for
+            self._remb is not None
+            and self._fresh(self._remb_at, now)
+            and self._remb < self._needs[self.index]
+        )
+        if calm >= self._probe_wait and not lossy and not early and not short:
             self._probe_from = self.index
             self._probe_started = now
             self.probes += 1

@@ -411,7 +411,9 @@ class Peer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CONTROL_INTERVAL):  # the controller's pace
                     await self._ended.wait()
-            decision = controller.decide(time.monotonic())
+            now = time.monotonic()
+            controller.on_sent(track.bytes_sent, now)
+            decision = controller.decide(now)
             if decision is not None and len(self._keys) > 1:
                 logger.info(
                     "viewer %s: rung %d (%s): %s",

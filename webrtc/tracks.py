@@ -46,6 +46,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._last_pts = -1
         self.frames_sent = 0
         self.keyframes_sent = 0
+        self.bytes_sent = 0
         self.resyncs = 0
         self.switches = 0
 
@@ -154,6 +155,7 @@ class EncodedVideoTrack(MediaStreamTrack):
                 packet = item.packet
             break
         self.frames_sent += 1
+        self.bytes_sent += packet.size
         self.keyframes_sent += bool(packet.is_keyframe)
         self._last_pts = int(packet.pts or 0)
         return packet
