@@ -264,3 +264,14 @@ def write_results(
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for a results table: "—" for none, lists joined with " / "."""
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return " / ".join(fmt(v, digits) for v in value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

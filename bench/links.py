@@ -54,6 +54,7 @@ from bench.common import (
     ROOT,
     Server,
     ServerOptions,
+    fmt,
     machine,
     peercam_server,
     pin,
@@ -465,14 +466,6 @@ async def run_benchmark(
 # -- output ------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -501,21 +494,21 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         f = r["median"]
-        shown = f"{_fmt(f['mode'])} {_fmt(f['width'])}x{_fmt(f['height'])}"
+        shown = f"{fmt(f['mode'])} {fmt(f['width'])}x{fmt(f['height'])}"
         if f.get("error"):
             shown += f" ({f['error']})"
         step = "—"
         if "age_back_under_300ms_s" in f:
-            step = f"{_fmt(f['age_back_under_300ms_s'])} / {_fmt(f['top_rung_after_s'])}"
+            step = f"{fmt(f['age_back_under_300ms_s'])} / {fmt(f['top_rung_after_s'])}"
         targets = "; ".join(
             f"{t['target']}: " + {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             for t in r["targets"]
         )
         lines.append(
-            f"| {r['profile']} | {r['mode']} | {f['link']} | {shown} | {_fmt(f['fps'])} "
-            f"| {_fmt(f['age_p50_ms'], 0)} / {_fmt(f['age_p95_ms'], 0)} "
-            f"| {_fmt(f['longest_freeze_s'], 2)} "
-            f"| {_fmt(f['rung'])} ({_fmt(f['rung_switches'])}) | {_fmt(f['estimate_kbps'], 0)} "
+            f"| {r['profile']} | {r['mode']} | {f['link']} | {shown} | {fmt(f['fps'])} "
+            f"| {fmt(f['age_p50_ms'], 0)} / {fmt(f['age_p95_ms'], 0)} "
+            f"| {fmt(f['longest_freeze_s'], 2)} "
+            f"| {fmt(f['rung'])} ({fmt(f['rung_switches'])}) | {fmt(f['estimate_kbps'], 0)} "
             f"| {step} | {targets or '—'} |"
         )
     return "\n".join(lines) + "\n"

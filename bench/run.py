@@ -57,6 +57,7 @@ from bench.common import (
     core_busy_percent,
     core_times,
     cpu_seconds,
+    fmt,
     machine,
     peercam_server,
     percentile,
@@ -500,16 +501,6 @@ def evaluate_targets(results: Sequence[Row]) -> list[dict[str, Any]]:
 # -- output ------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, list):
-        return " / ".join(_fmt(v, digits) for v in value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -538,7 +529,7 @@ def markdown(report: dict[str, Any]) -> str:
         for t in report["targets"]:
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             lines.append(
-                f"| {t['target']} | {t['goal']} | {_fmt(t['measured'], 2)} | {met} | {t['note']} |"
+                f"| {t['target']} | {t['goal']} | {fmt(t['measured'], 2)} | {met} | {t['note']} |"
             )
         lines.append("")
     lines += [
@@ -551,21 +542,21 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         f = r["median"]
-        first = _fmt([f["first_frame_median_ms"], f["first_frame_max_ms"]], 0)
+        first = fmt([f["first_frame_median_ms"], f["first_frame_max_ms"]], 0)
         if f.get("first_picture_ms") is not None:
             first += (
-                f" (after navigation: picture {_fmt(f['first_picture_ms'], 0)}, "
-                f"video {_fmt(f.get('first_video_ms'), 0)})"
+                f" (after navigation: picture {fmt(f['first_picture_ms'], 0)}, "
+                f"video {fmt(f.get('first_video_ms'), 0)})"
             )
         lines.append(
             f"| {r['scenario']['label']} | {f['viewers']} ({f['viewers_failed']}) "
-            f"| {_fmt([f['fps_mean'], f['fps_min']])} "
-            f"| {_fmt(f['frames_lost'], 0)} ({_fmt(f['frames_lost_percent'], 2)}) "
-            f"| {_fmt([f['latency_p50_ms'], f['latency_p95_ms'], f['latency_max_ms']])} "
-            f"| {first} | {_fmt(f['server_cpu_percent'])} | {_fmt(f['server_rss_mb'], 0)} "
-            f"| {_fmt(f['loop_lag_ms'].get('p99'))} | {_fmt(f['clients_cpu_percent'])} "
-            f"| {_fmt(f['others_percent']['server_core'], 0)} "
-            f"/ {_fmt(f['others_percent']['client_core'], 0)} |"
+            f"| {fmt([f['fps_mean'], f['fps_min']])} "
+            f"| {fmt(f['frames_lost'], 0)} ({fmt(f['frames_lost_percent'], 2)}) "
+            f"| {fmt([f['latency_p50_ms'], f['latency_p95_ms'], f['latency_max_ms']])} "
+            f"| {first} | {fmt(f['server_cpu_percent'])} | {fmt(f['server_rss_mb'], 0)} "
+            f"| {fmt(f['loop_lag_ms'].get('p99'))} | {fmt(f['clients_cpu_percent'])} "
+            f"| {fmt(f['others_percent']['server_core'], 0)} "
+            f"/ {fmt(f['others_percent']['client_core'], 0)} |"
         )
     errors = sorted({e for r in report["results"] for e in r["median"].get("errors", [])})
     if errors:

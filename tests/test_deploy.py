@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import statistics
 import time
@@ -36,6 +35,7 @@ from signaling.listener import Listener
 from signaling.state import Service
 from tests.browser import launch_chromium
 from tests.conftest import LOOPBACK_CONFIG
+from tests.test_server_cli import _stop
 from webrtc import timebar
 from webrtc.sources import TestPatternSource
 
@@ -161,14 +161,7 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
             await _wait_listening(port, process, directory / "error.log")
         yield Deployment(ports[0], ports[1], ports[2], directory, service)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await _stop(process)
         for listener in (trusted, untrusted, slow):
             await listener.aclose()
 
