@@ -134,9 +134,11 @@ class Check:
         return f"{self.figure} {self.op} {self.value}"
 
     def met(self, figures: dict[str, Any]) -> bool | None:
+        """Whether the target was met; None if it was not measured. A figure that was measured
+        but never happened (``<figure>_never``: e.g. the age never came back) fails."""
         measured = figures.get(self.figure)
         if measured is None:
-            return None
+            return False if figures.get(f"{self.figure}_never") else None
         return bool(OPS[self.op](measured, self.value))
 
 
@@ -359,10 +361,14 @@ async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -
     if len(phases) == 3:  # the step: drop at phases[1], recovery at phases[2]
         window = end - start
         drop, recovery = start + phases[1].at * window, start + phases[2].at * window
-        figures["age_back_under_300ms_s"] = _round(
-            age_back_under(samples, drop, recovery, AGE_LIMIT_MS)
-        )
-        figures["top_rung_after_s"] = _round(top_rung_after(viewer.polls, recovery))
+        back = age_back_under(samples, drop, recovery, AGE_LIMIT_MS)
+        figures["age_back_under_300ms_s"] = _round(back)
+        figures["age_back_under_300ms_s_never"] = back is None
+        top = top_rung_after(viewer.polls, recovery)
+        figures["top_rung_after_s"] = _round(top)
+        # Never back at the top, or a server that does not report rungs (not measured).
+        reported = any("rungIndex" in p for _, p in viewer.polls)
+        figures["top_rung_after_s_never"] = reported and top is None
     return figures
 
 
@@ -419,7 +425,9 @@ def _median(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if not present:
         return None
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, bool) for v in present):
+        return sum(present) * 2 > len(present)  # the majority of runs
+    if all(isinstance(v, int | float) for v in present):
         return _round(statistics.median(present))
     return max(set(map(str, present)), key=[str(v) for v in present].count)
 
@@ -499,7 +507,10 @@ def markdown(report: dict[str, Any]) -> str:
             shown += f" ({f['error']})"
         step = "—"
         if "age_back_under_300ms_s" in f:
-            step = f"{fmt(f['age_back_under_300ms_s'])} / {fmt(f['top_rung_after_s'])}"
+            step = " / ".join(
+                "never" if f.get(f"{key}_never") else fmt(f[key])
+                for key in ("age_back_under_300ms_s", "top_rung_after_s")
+            )
         targets = "; ".join(
             f"{t['target']}: " + {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             for t in r["targets"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.links import age_back_under, top_rung_after
+from bench.links import Check, age_back_under, top_rung_after
 from tests.netlab import picture_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,7 @@ def test_the_step_profile_runs_and_reports_its_figures(tmp_path: Path) -> None:
                 "estimate_kbps", "age_back_under_300ms_s", "top_rung_after_s"):  # fmt: skip
         assert key in figures, key
     assert figures["link"] == "2 Mbit/s → 300 kbit/s → 2 Mbit/s"
+    assert isinstance(figures["age_back_under_300ms_s_never"], bool)
     assert [t["target"] for t in result["targets"]] == [
         "age_back_under_300ms_s <= 2.0",
         "top_rung_after_s <= 15.0",
@@ -77,3 +78,10 @@ def test_top_rung_after_is_the_first_report_of_rung_0() -> None:
     assert top_rung_after(polls, 2.5) == pytest.approx(2.0)
     assert top_rung_after(polls, 5.0) is None
     assert top_rung_after([(1.0, {})], 0.0) is None  # a server without the ladder
+
+
+def test_a_target_that_never_happened_fails_and_an_unreported_one_is_not_measured() -> None:
+    check = Check("top_rung_after_s", "<=", 15.0)
+    assert check.met({"top_rung_after_s": 4.0}) is True
+    assert check.met({"top_rung_after_s": None, "top_rung_after_s_never": True}) is False
+    assert check.met({"top_rung_after_s": None, "top_rung_after_s_never": False}) is None
