@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import pytest
+from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, Playwright
 
 from bench.clients import HARNESS_JS
@@ -345,6 +346,11 @@ class ViewerNet:
 
 
 # -- Chromium in a viewer namespace ------------------------------------------------------------
+
+
+def lab_url(server: TestServer, net: ViewerNet, path: str) -> str:
+    """``path`` on an in-process server, as the viewer in ``net`` reaches it (its veth)."""
+    return f"http://{net.server_address}:{server.port}{path}"
 
 
 def chromium_executable() -> Path:

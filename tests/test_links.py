@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from playwright.async_api import Page, Playwright
 
 from tests.aiortc_viewer import AiortcViewer
@@ -20,6 +19,7 @@ from tests.netlab import (
     PICTURE_AGE_JS,
     ViewerNet,
     chromium_in,
+    lab_url,
     picture_samples,
     picture_stats,
 )
@@ -27,10 +27,6 @@ from tests.netlab import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 INFO_JS = '() => document.querySelector("peercam-view")?.info'
-
-
-def _lab_url(server: TestServer, net: ViewerNet, query: str = "") -> str:
-    return f"http://{net.server_address}:{server.port}/{query}"
 
 
 async def _open(page: Page, url: str) -> None:
@@ -44,20 +40,24 @@ async def _open(page: Page, url: str) -> None:
     )
 
 
+async def _playing(page: Page, mode: str, timeout_s: float, what: str) -> Any:
+    """The element's info once it plays in ``mode`` ("WebRTC" or "JPEG")."""
+    return await wait_for(
+        page,
+        f"""() => {{ const i = document.querySelector("peercam-view").info;
+                    return i.mode === "{mode}" && i.state === "playing" ? i : null; }}""",
+        timeout_s=timeout_s,
+        what=what,
+        diagnosis_js=INFO_JS,
+    )
+
+
 async def _window(page: Page, seconds: float) -> Any:
     """Picture figures over the next ``seconds`` (the page's own clock, via its samples)."""
     start = time.time()
     # Waiting for the window to pass is the measurement itself, driven by the page's frames.
     await page.wait_for_timeout(seconds * 1000)
     return picture_stats(await picture_samples(page), start, time.time())
-
-
-def _peer_of(server: TestServer, remote_prefix: str) -> dict[str, Any]:
-    for peer in service_of(server).peers.peers():
-        stats = peer.stats()
-        if stats["viewerId"] == remote_prefix:
-            return stats
-    raise AssertionError(f"no peer {remote_prefix}")
 
 
 async def test_a_slow_viewer_stays_live_while_a_clean_one_keeps_the_top_rung(
@@ -76,7 +76,7 @@ async def test_a_slow_viewer_stays_live_while_a_clean_one_keeps_the_top_rung(
             context = await browser.new_context(viewport={"width": 800, "height": 600})
             await context.add_init_script(PICTURE_AGE_JS)
             page = await context.new_page()
-            await page.goto(_lab_url(server, viewer_net, "?codec=vp8"))
+            await page.goto(lab_url(server, viewer_net, "/?codec=vp8"))
             await wait_for(
                 page,
                 '() => document.querySelector("peercam-view")?.dataset.rung > "0"',
@@ -109,7 +109,7 @@ async def test_cut_media_shows_stalled_then_jpeg_and_webrtc_comes_back(
     async with chromium_in(viewer_net, playwright) as browser:
         page = await browser.new_page()
         await page.add_init_script(PICTURE_AGE_JS)
-        await _open(page, _lab_url(server, viewer_net, "?fallback-after=3&webrtc-retry=4"))
+        await _open(page, lab_url(server, viewer_net, "/?fallback-after=3&webrtc-retry=4"))
         await viewer_net.block_udp(True)
         await wait_for(
             page,
@@ -118,26 +118,12 @@ async def test_cut_media_shows_stalled_then_jpeg_and_webrtc_comes_back(
             what="the overlay says stalled",
             diagnosis_js=INFO_JS,
         )
-        info = await wait_for(
-            page,
-            """() => { const i = document.querySelector("peercam-view").info;
-                       return i.mode === "JPEG" && i.state === "playing" ? i : null; }""",
-            timeout_s=25,
-            what="JPEG pictures after the stall",
-            diagnosis_js=INFO_JS,
-        )
+        info = await _playing(page, "JPEG", 25, "JPEG pictures after the stall")
         assert info["fallbackReason"] == "stalled", info
         assert info["renegotiations"] == 1, info
         assert service_of(server).fallbacks["stalled"] == 1
         await viewer_net.block_udp(False)
-        info = await wait_for(
-            page,
-            """() => { const i = document.querySelector("peercam-view").info;
-                       return i.mode === "WebRTC" && i.state === "playing" ? i : null; }""",
-            timeout_s=30,
-            what="WebRTC again after the link recovered",
-            diagnosis_js=INFO_JS,
-        )
+        info = await _playing(page, "WebRTC", 30, "WebRTC again after the link recovered")
         assert info["fallbackReason"] is None, info
     await eventually(lambda: len(service_of(server).peers) == 0, timeout=15)
 
@@ -150,7 +136,7 @@ async def test_five_percent_loss_keeps_the_picture_moving(
     async with chromium_in(viewer_net, playwright) as browser:
         page = await browser.new_page()
         await page.add_init_script(PICTURE_AGE_JS)
-        await _open(page, _lab_url(server, viewer_net))
+        await _open(page, lab_url(server, viewer_net, "/"))
         await viewer_net.set_loss(5)
         stats = await _window(page, 6.0)
         info = await page.evaluate(INFO_JS)

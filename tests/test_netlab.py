@@ -10,7 +10,6 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp.test_utils import TestServer
 from playwright.async_api import Playwright
 
 from tests.browser import wait_for
@@ -21,6 +20,7 @@ from tests.netlab import (
     NetLabError,
     ViewerNet,
     chromium_in,
+    lab_url,
     picture_samples,
     picture_stats,
     run,
@@ -250,10 +250,6 @@ async () => {
   return { local: local.address, remote: remote.address, protocol: local.protocol };
 }
 """
-
-
-def lab_url(server: TestServer, net: ViewerNet, path: str) -> str:
-    return f"http://{net.server_address}:{server.port}{path}"
 
 
 @pytest.mark.browser

@@ -9,10 +9,12 @@ the viewer should be on. It never touches a socket or a clock of its own: every 
 The rules, in order:
 
 - **Congestion steps down at once.** A drop in the REMB estimate (the receiver's delay-based
-  detector fired), loss of 10 % or more, or a round-trip time well above the lowest seen: the
-  viewer moves to the highest rung the estimate carries, at least one rung down. Consecutive
-  step-downs are spaced by ``DOWN_COOLDOWN`` so that one switch can take effect (the queue in the
-  path drains) before the next is judged.
+  detector fired), an estimate far below the rung's need, or one held below the need and below
+  what the viewer is sent without rising; loss of 10 % or more over a second of reports; or a
+  round-trip time well above the lowest seen: the viewer moves to the highest rung the
+  estimate carries, at least one rung down. Consecutive step-downs are spaced by
+  ``DOWN_COOLDOWN`` so that one switch can take effect (the queue in the path drains) before
+  the next is judged.
 - **Steps up are slow.** When the estimate itself carries the next rung with margin, for
   ``UP_HOLD`` seconds, the viewer moves up one rung.
 - **Probing.** A receiver's estimate rarely grows beyond 1.5x what it receives, and rungs are

@@ -64,7 +64,7 @@ class JpegKey:
         """The next rung down for a slow link: lower quality first, then a smaller size."""
         lower = [q for q in QUALITIES if q < self.quality and q >= 50]
         if lower and self.divisor == 1:
-            return JpegKey(lower[-1] if self.quality > 60 else lower[0], self.divisor)
+            return JpegKey(lower[-1], self.divisor)
         bigger = [d for d in DIVISORS if d > self.divisor]
         if bigger:
             return JpegKey(min(self.quality, 50), bigger[0])
