@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import operator
 import os
@@ -327,7 +328,34 @@ async def measure(
             stop.set()
             await poller
         end = time.time()
-        return [await _figures(v, profile, start, end) for v in viewers]
+        figures = [await _figures(v, profile, start, end) for v in viewers]
+        if settings.trace is not None:
+            await _write_trace(settings.trace, profile, mode, viewers, start, end)
+        return figures
+
+
+async def _write_trace(
+    folder: Path, profile: Profile, mode: str, viewers: Sequence[Viewer], start: float, end: float
+) -> None:
+    """Each viewer's pictures (time, age ms) and status polls, times relative to ``start``."""
+    traced = []
+    for viewer in viewers:
+        samples = [] if viewer.page is None else await picture_samples(viewer.page)
+        traced.append(
+            {
+                "link": viewer.link.describe(),
+                "pictures": [(round(t - start, 3), a) for t, a in samples if t >= start - 1],
+                "polls": [(round(t - start, 3), p) for t, p in viewer.polls],
+            }
+        )
+    name = f"{profile.name}-{mode}-{time.strftime('%H%M%S')}.json"
+    body = {"window_s": round(end - start, 3), "viewers": traced}
+    await asyncio.to_thread(_save, folder / name, json.dumps(body))
+
+
+def _save(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -> dict[str, Any]:
@@ -419,6 +447,8 @@ class Settings:
     seconds: float = 18.0
     warmup: float = 3.0
     runs: int = 1
+    #: Where to write each run's raw series (picture ages, status polls), for diagnosis.
+    trace: Path | None = None
 
 
 def _median(values: list[Any]) -> Any:
@@ -543,6 +573,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=Settings.runs, help="runs (medians)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument("--name", default="links", help="results file name")
+    parser.add_argument(
+        "--trace", type=Path, help="folder for each run's raw picture ages and status polls"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--runs and --seconds must be positive, --warmup >= 0")
@@ -570,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("tests.netlab").setLevel(logging.WARNING)
     profiles = [PROFILES[name] for name in args.profiles]
-    settings = Settings(args.seconds, args.warmup, args.runs)
+    settings = Settings(args.seconds, args.warmup, args.runs, args.trace)
     total = sum(p.length * args.seconds + args.warmup + 4 for p in profiles)
     logger.info(
         "%d profiles x %d modes x %d runs: about %.0f min",

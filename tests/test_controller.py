@@ -9,6 +9,7 @@ from webrtc.controller import (
     PROBE_BASE,
     PROBE_HOLD,
     PROBE_MAX,
+    PROBE_TRUST,
     RungController,
     wire_bitrate,
 )
@@ -174,16 +175,6 @@ def test_a_probe_that_holds_climbs_again_soon() -> None:
     assert moves[-1][0] <= PROBE_BASE + 2 * (PROBE_HOLD + 1.5) + 1.0
 
 
-def test_an_early_low_estimate_holds_the_first_probe_back() -> None:
-    """Chrome sends no estimate for its first seconds unless a queue grows: one that comes
-    early and does not carry the next rung means "do not probe"."""
-    c = RungController(NEEDS, start=1, now=0.0, first_probe=1.5)
-    c.on_remb(300_000, 1.0)
-    assert run(c, 0.0, 3.5) == []
-    clean = RungController(NEEDS, start=1, now=0.0, first_probe=1.5)
-    assert run(clean, 0.0, 2.0) == [0]  # no estimate yet: the first probe comes at 1.5 s
-
-
 def test_random_loss_in_one_report_is_not_congestion() -> None:
     """One report of 12 % between reports of 2 %: a few lost packets of a low rung, not a
     queue; two reports of 30 % are."""
@@ -263,3 +254,56 @@ def test_explicit_rungs_are_parsed_and_ordered() -> None:
 def test_bad_ladders_are_refused_with_a_reason(text: str) -> None:
     with pytest.raises(ValueError, match=r"rung|ladder"):
         LadderSpec.parse(text)
+
+
+def test_a_round_trip_that_falls_after_a_step_down_is_a_queue_draining() -> None:
+    """The queue a probe built drains for a second or two after the step down: its falling
+    round-trip times are no reason for another step; a round trip that stays up is."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.0, 0.002, 1.0)
+    c.on_receiver_report(0.0, 0.6, 5.0)
+    first = c.decide(5.0)
+    assert first is not None
+    assert first.index == 1
+    c.on_receiver_report(0.0, 0.46, 6.6)  # still high, but falling
+    c.on_receiver_report(0.0, 0.3, 7.6)
+    assert run(c, 6.6, 7.6) == []
+    c.on_receiver_report(0.0, 0.31, 8.6)  # no longer falling: a standing queue
+    again = c.decide(8.6)
+    assert again is not None
+    assert again.index == 2
+
+
+def test_congestion_soon_after_a_probe_held_counts_as_a_failed_probe() -> None:
+    """A round trip reports a queue a second or two late, sometimes after the probe was
+    judged held: the next probe of that rung must still wait twice as long."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.on_receiver_report(0.0, 0.002, 0.5)
+    assert run(c, 0.0, PROBE_BASE + 0.5) == [0]
+    probe_at = c._changed_at
+    assert run(c, probe_at, probe_at + PROBE_HOLD + 0.25) == []
+    assert not c.probing  # held
+    late = probe_at + PROBE_HOLD + 0.6
+    c.on_receiver_report(0.0, 0.6, late)
+    decision = c.decide(late)
+    assert decision is not None
+    assert decision.index == 1
+    assert "after a probe" in decision.reason
+    assert run(c, late, late + 2 * PROBE_BASE - 0.5) == []
+    assert run(c, late, late + 2 * PROBE_BASE + 0.5) == [0]
+
+
+def test_a_probe_trusted_for_a_while_forgets_earlier_failures() -> None:
+    """Congestion long after a probe held is new congestion: the next probe waits the base."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.on_receiver_report(0.0, 0.002, 0.5)
+    run(c, 0.0, PROBE_BASE + PROBE_HOLD + 1.0)
+    assert c.index == 0
+    assert not c.probing
+    late = c._changed_at + PROBE_HOLD + PROBE_TRUST + 1.0
+    assert run(c, c._changed_at, late - 0.25) == []
+    c.on_receiver_report(0.0, 0.6, late)
+    decision = c.decide(late)
+    assert decision is not None
+    assert "after a probe" not in decision.reason
+    assert c._probe_wait == PROBE_BASE

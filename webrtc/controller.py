@@ -21,7 +21,12 @@ The rules, in order:
   further apart than that, so a viewer on a low rung would never learn that its link recovered.
   After ``PROBE_BASE`` seconds without trouble the controller tries the next rung up; trouble
   within ``PROBE_HOLD`` seconds sends it back and doubles the wait (up to ``PROBE_MAX``), a probe
-  that holds resets the wait to ``PROBE_AGAIN`` so a recovered link climbs quickly.
+  that holds sets the wait to ``PROBE_AGAIN`` so a recovered link climbs quickly. A probe is
+  only trusted after ``PROBE_TRUST`` seconds: congestion on the probed rung before then (a
+  round-trip time reports a queue a second or two late) counts as a failed probe too, or a link
+  just short of a rung would be probed every few seconds, each probe a second of late pictures.
+- **A queue that drains is not new congestion.** After a step down the round-trip time stays
+  high until the queue in the path has drained; only a round trip that is not falling is judged.
 """
 
 from __future__ import annotations
@@ -46,18 +51,18 @@ LOSS_HIGH = 0.10
 LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
 LOSS_LOW = 0.02
 RTT_RISE = 0.25  # seconds above the lowest round-trip time seen: a standing queue
+RTT_FALLING = 0.03  # a report this much below the previous one: the queue drains
 #: Timing of decisions (seconds).
 REMB_SETTLE = 0.5  # reports this soon after a change still describe the previous rung
 RTT_SETTLE = 1.5  # a queue takes about this long to drain after a step down
 DOWN_COOLDOWN = 1.0
 UP_HOLD = 2.0
 UP_MARGIN = 1.15
-PROBE_BASE = 4.0
-PROBE_FIRST = 1.5  # the first probe of a viewer that starts below the top
-EARLY_ESTIMATE = 4.0
+PROBE_BASE = 5.0
 PROBE_AGAIN = 1.5
 PROBE_MAX = 30.0
 PROBE_HOLD = 3.0
+PROBE_TRUST = 10.0
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -76,23 +81,22 @@ class Decision:
 class RungController:
     """Picks one viewer's rung. Index 0 is the top of the ladder (most bits)."""
 
-    def __init__(
-        self, needs: Sequence[int], *, start: int = 0, now: float, first_probe: float = PROBE_BASE
-    ) -> None:
-        """``needs``: the wire bitrate of each rung, top first (see :func:`wire_bitrate`);
-        ``first_probe``: seconds before the first probe up (a start below the top probes
-        soon, unless the receiver's estimate has come early, a sign of congestion)."""
+    def __init__(self, needs: Sequence[int], *, start: int = 0, now: float) -> None:
+        """``needs``: the wire bitrate of each rung, top first (see :func:`wire_bitrate`)."""
         if not needs:
             raise ValueError("a controller needs at least one rung")
         self._needs = list(needs)
         self.index = min(max(0, start), len(needs) - 1)
         self._changed_at = now
+        self._moved_up = False
         self._last_down = -math.inf
         self._calm_since = now
         self._probe_from: int | None = None
         self._probe_started = 0.0
-        self._probe_wait = first_probe
+        self._probe_wait = PROBE_BASE
         self._failed_probes = 0
+        #: A probe that held, not yet trusted: (the rung it reached, when it held).
+        self._trial: tuple[int, float] | None = None
         self._previous_loss = 0.0
         self._counts: deque[tuple[float, int, int]] = deque()
         self._rembs: deque[tuple[float, int]] = deque()
@@ -103,9 +107,9 @@ class RungController:
         self._loss = 0.0
         self._loss_at = -math.inf
         self._rtt: float | None = None
+        self._rtt_previous: float | None = None
         self._rtt_min: float | None = None
         self._rtt_at = -math.inf
-        self._started = now
         self.switches = 0
         self.probes = 0
         self.last_reason = "start"
@@ -134,6 +138,7 @@ class RungController:
         NACK, a tenth of a second apart, and 2 packets lost of 4 expected read as 50 %.
         """
         if rtt is not None and rtt >= 0:
+            self._rtt_previous = self._rtt
             self._rtt = rtt
             self._rtt_at = now
             self._rtt_min = rtt if self._rtt_min is None else min(self._rtt_min, rtt)
@@ -235,11 +240,18 @@ class RungController:
             self._rtt is not None
             and self._rtt_min is not None
             and self._fresh(self._rtt_at, now)
-            and self._since_change(self._rtt_at, RTT_SETTLE)
+            # After a step up the path was calm: its first reports already judge the new rung.
+            and self._since_change(self._rtt_at, REMB_SETTLE if self._moved_up else RTT_SETTLE)
             and self._rtt > self._rtt_min + RTT_RISE
+            and not self._rtt_falling()
         ):
             return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
         return None
+
+    def _rtt_falling(self) -> bool:
+        """The last two round-trip times fall: a queue draining after a step down."""
+        previous = self._rtt_previous
+        return self._rtt is not None and previous is not None and self._rtt < previous - RTT_FALLING
 
     def _stuck_below(self, now: float) -> bool:
         if not self._rembs or not self._fresh(self._remb_at, now):
@@ -267,12 +279,17 @@ class RungController:
     def _move(self, index: int, reason: str, now: float) -> Decision:
         if index > self.index:
             self._last_down = now
+        self._moved_up = index < self.index
         self.index = index
         self._changed_at = now
         self._calm_since = now
         self.switches += 1
         self.last_reason = reason
         return Decision(index, reason)
+
+    def _probe_failed(self) -> None:
+        self._failed_probes += 1
+        self._probe_wait = min(PROBE_MAX, PROBE_BASE * 2**self._failed_probes)
 
     def decide(self, now: float) -> Decision | None:
         """The rung to move to now, or None to stay."""
@@ -283,11 +300,14 @@ class RungController:
             if self._probe_from is not None:
                 back = self._probe_from
                 self._probe_from = None
-                self._failed_probes += 1
-                self._probe_wait = min(PROBE_MAX, PROBE_BASE * 2**self._failed_probes)
+                self._probe_failed()
                 return self._move(back, f"probe failed: {why}", now)
             if self.index >= bottom or now - self._last_down < DOWN_COOLDOWN:
                 return None
+            trial, self._trial = self._trial, None
+            if trial is not None and self.index <= trial[0]:
+                self._probe_failed()  # the probed rung did not hold after all
+                why = f"{why} (after a probe)"
             target = self.index + 1
             if self._remb is not None and self._fresh(self._remb_at, now):
                 target = max(target, self._fits(self._remb * 0.9))
@@ -295,10 +315,13 @@ class RungController:
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
             return self._move(target, f"congestion: {why}", now)
 
+        if self._trial is not None and now - self._trial[1] >= PROBE_TRUST:
+            self._trial = None
+            self._failed_probes = 0
         if self._probe_from is not None:
             if now - self._probe_started >= PROBE_HOLD:
                 self._probe_from = None
-                self._failed_probes = 0
+                self._trial = (self.index, now)
                 self._probe_wait = PROBE_AGAIN
                 self.last_reason = "probe held"
             return None
@@ -314,21 +337,12 @@ class RungController:
         ):
             return self._move(self.index - 1, f"estimate {self._remb // 1000} kbit/s", now)
         lossy = self._fresh(self._loss_at, now) and self._loss > LOSS_LOW
-        # Receivers (Chrome) send no estimate for their first seconds unless they see a queue
-        # grow: an estimate this early that does not carry the next rung says do not probe.
-        early = (
-            self._remb is not None
-            and self._remb_at - self._started < EARLY_ESTIMATE
-            and self._remb < above
-            and self._failed_probes == 0
-            and self.probes == 0
-        )
         short = (  # the estimate does not even carry this rung: nothing to probe for
             self._remb is not None
             and self._fresh(self._remb_at, now)
             and self._remb < self._needs[self.index]
         )
-        if calm >= self._probe_wait and not lossy and not early and not short:
+        if calm >= self._probe_wait and not lossy and not short:
             self._probe_from = self.index
             self._probe_started = now
             self.probes += 1

@@ -1,0 +1,141 @@
+"""What the bitrate ladder costs (issue #9: "all rungs busy <= 1.6x one encoder").
+
+One process, the test pattern, no network: the source alone, then the top rung's shared
+encoder alone, then every rung of the default ladder at once, each for a window, CPU time of the
+whole process (all threads) per second of wall time. The encoders' cost is each phase minus the
+source alone; the figure is all rungs / top rung. Run pinned to one core (``taskset -c 0``) so
+that the encoders' threads compete as they do on a small board.
+
+    taskset -c 0 python -m bench.ladder_cost --codec vp8 h264 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.common import RESULTS, fmt, machine, write_results
+from webrtc.encoders import Codec, VideoKey, default_bitrate, make_encoder_pool
+from webrtc.ladder import LadderSpec
+from webrtc.sources import TestPatternSource
+
+logger = logging.getLogger("bench.ladder_cost")
+
+
+async def _cpu_per_second(seconds: float) -> float:
+    """Process CPU seconds per wall second over the next ``seconds``."""
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)  # the measuring window itself
+    return (time.process_time() - cpu0) / (time.monotonic() - wall0)
+
+
+async def measure(
+    codec: Codec, width: int, height: int, fps: float, seconds: float
+) -> dict[str, Any]:
+    """One run: CPU share of the source alone, with the top rung, with every rung."""
+    source = TestPatternSource(width, height, fps)
+    bitrate = default_bitrate(width, height, fps)
+    ladder = LadderSpec().resolve(width, height, fps, bitrate)
+    keys = [VideoKey(codec, r.height, r.bitrate, r.fps) for r in ladder.rungs]
+    pool = make_encoder_pool(source.frames, fps=fps, bitrate=bitrate)
+    source.start()
+    try:
+        await asyncio.sleep(1.0)  # warm-up: the source's first frames
+        idle = await _cpu_per_second(seconds)
+        async with pool.leases() as leases:
+            leases.take(keys[0])
+            await asyncio.sleep(1.0)  # the encoder opens and settles
+            top = await _cpu_per_second(seconds)
+            for key in keys[1:]:
+                leases.take(key)
+            await asyncio.sleep(1.0)
+            every = await _cpu_per_second(seconds)
+            encoded = {str(k): e.stats().get("encoded") for k, e in pool.running().items()}
+    finally:
+        await pool.aclose()
+        await asyncio.to_thread(source.stop)
+    return {
+        "source_pct": 100 * idle,
+        "top_pct": 100 * (top - idle),
+        "all_pct": 100 * (every - idle),
+        "ratio": (every - idle) / (top - idle) if top > idle else None,
+        "rungs": [str(k) for k in keys],
+        "encoded": encoded,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# peercam ladder cost, {report['date']}",
+        "",
+        f"- Machine: {m['cpus']} × {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
+        f"load average at start {m['load_average_at_start']}",
+        f"- Command: `{report['command']}`",
+        f"- Test pattern {report['size']}; {report['seconds']:g} s per phase; "
+        f"{report['runs']} run(s), medians; CPU in % of one core",
+        "",
+        "| codec | rungs | source alone | top rung | all rungs | all / top |",
+        "|---|---|---|---|---|---|",
+    ]
+    for codec, r in report["results"].items():
+        lines.append(
+            f"| {codec} | {', '.join(r['rungs'])} | {fmt(r['source_pct'], 1)} "
+            f"| {fmt(r['top_pct'], 1)} | {fmt(r['all_pct'], 1)} | {fmt(r['ratio'], 2)} "
+            f"(runs: {', '.join(fmt(x, 2) for x in r['ratios'])}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.ladder_cost", description=__doc__)
+    parser.add_argument("--codec", nargs="+", choices=[str(c) for c in Codec], default=["vp8"])
+    parser.add_argument("--size", default="640x480")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--name", default="ladder-cost")
+    args = parser.parse_args(argv)
+    width, height = (int(x) for x in args.size.split("x"))
+    logging.basicConfig(level=logging.WARNING)
+    started, host = time.time(), machine()
+    results: dict[str, Any] = {}
+    for name in args.codec:
+        runs = [
+            asyncio.run(measure(Codec(name), width, height, args.fps, args.seconds))
+            for _ in range(args.runs)
+        ]
+        ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
+        results[name] = {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("source_pct", "top_pct", "all_pct")
+        } | {
+            "ratio": statistics.median(ratios) if ratios else None,
+            "ratios": ratios,
+            "rungs": runs[0]["rungs"],
+        }
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)),
+        "machine": host,
+        "command": " ".join(["python -m bench.ladder_cost", *argv]),
+        "size": args.size,
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "results": results,
+    }
+    text = markdown(report)
+    json_path, md_path = write_results(RESULTS, args.name, report, text)
+    print(text)
+    print(f"written: {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
