@@ -42,12 +42,24 @@ def test_a_clean_link_stays_on_the_top_rung() -> None:
 
 
 def test_an_estimate_far_below_the_rung_is_congestion_even_without_a_drop() -> None:
-    """Chrome's first REMB on a 300 kbit/s link: ~300 kbit/s within a second, no drop yet."""
+    """Chrome's first REMB on a 300 kbit/s link: ~300 kbit/s within a second, no drop yet,
+    and the first round trip already half a second of queue."""
     c = RungController(NEEDS, now=0.0)
     c.on_remb(320_000, 1.0)
-    decision = c.decide(1.0)
+    assert c.decide(1.0) is None  # no round trip yet: no evidence of a queue
+    c.on_receiver_report(0.0, 0.45, 1.4)
+    decision = c.decide(1.4)
     assert decision is not None
     assert decision.index == 2
+
+
+def test_a_low_first_estimate_on_a_clean_path_is_not_congestion() -> None:
+    """aiortc's first REMB on a busy machine is low whatever the link: with a short round
+    trip it is no reason to leave the top rung."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_remb(197_000, 1.0)
+    c.on_receiver_report(0.0, 0.012, 1.2)
+    assert run(c, 1.0, 2.5) == []
 
 
 def test_an_estimate_held_below_the_rung_is_congestion() -> None:
@@ -63,6 +75,25 @@ def test_an_estimate_held_below_the_rung_is_congestion() -> None:
     assert moves
     assert moves[0][1] == 3
     assert moves[0][0] >= 5.0 + 3.0
+
+
+def test_an_estimate_below_the_rung_with_no_queue_in_the_round_trip_is_not_congestion() -> None:
+    """A link that recovered after a slow spell: the receiver's estimate grows a few percent a
+    second, held below the rung's need and what it is sent, while the round trip stays at its
+    lowest. No queue, no step down; the same estimate with the round trip up is congestion."""
+    clean = RungController(NEEDS, start=1, now=0.0)
+    held = RungController(NEEDS, start=1, now=0.0)
+    for c, rtt in ((clean, 0.004), (held, 0.09)):
+        c.on_receiver_report(0.0, 0.002, 0.2)
+        for i in range(16):
+            t = 1.0 + i * 0.5
+            c.on_sent(round(400_000 / 8 * t), t)
+            c.on_remb(330_000, t)
+            c.on_receiver_report(0.0, rtt, t)
+            c.decide(t)
+    assert clean.index == 1
+    assert clean.switches == 0
+    assert held.index == 2
 
 
 def test_an_encoder_that_undershoots_is_not_a_link_that_cannot_carry_it() -> None:

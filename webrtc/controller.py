@@ -52,6 +52,8 @@ LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
 LOSS_LOW = 0.02
 RTT_RISE = 0.25  # seconds above the lowest round-trip time seen: a standing queue
 RTT_FALLING = 0.03  # a report this much below the previous one: the queue drains
+RTT_QUEUE = 0.06  # above the lowest: a queue forms (corroborates an estimate below the rung)
+RTT_HIGH = 0.15  # a round trip this long corroborates it too (the lowest may include a queue)
 #: Timing of decisions (seconds).
 REMB_SETTLE = 0.5  # reports this soon after a change still describe the previous rung
 RTT_SETTLE = 1.5  # a queue takes about this long to drain after a step down
@@ -218,12 +220,13 @@ class RungController:
             and self._fresh(self._remb_at, now)
             and self._since_change(self._remb_at, REMB_SETTLE)
             and self._remb < FAR_BELOW * self._needs[self.index]
+            and self._queue_likely(now, unmeasured=False)
         ):
             # Far below what the rung needs, drop or not: a receiver that sends its first
             # estimate early does so because its queue grew (Chrome: ~300 kbit/s within a
             # second on a 300 kbit/s link; on a clean one nothing for ~5 s, then half the need).
             return f"estimate {self._remb // 1000} kbit/s, far below the rung's"
-        if self._remb is not None and self._stuck_below(now):
+        if self._remb is not None and self._stuck_below(now) and self._queue_likely(now):
             # Below the rung's need and not rising: a receiver that can take more raises its
             # estimate steadily (~5 % a half second); one held at its link's rate does not.
             return f"estimate held at {self._remb // 1000} kbit/s, below the rung's"
@@ -247,6 +250,23 @@ class RungController:
         ):
             return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
         return None
+
+    def _queue_likely(self, now: float, *, unmeasured: bool = True) -> bool:
+        """Whether a queue may be forming in the path, by the round-trip time measured since
+        the last change (``unmeasured``: the answer while there is none).
+
+        A receiver's estimate can stay below what it is sent on a link with room for a long
+        while — Chrome's, after it has once seen a slower link, grows a few percent a second;
+        aiortc's first one is low on a busy machine — so an estimate below the rung is only
+        congestion with a round trip above its lowest, or long in itself."""
+        if (
+            self._rtt is None
+            or self._rtt_min is None
+            or not self._fresh(self._rtt_at, now)
+            or not self._since_change(self._rtt_at, REMB_SETTLE)
+        ):
+            return unmeasured
+        return self._rtt > self._rtt_min + RTT_QUEUE or self._rtt >= RTT_HIGH
 
     def _rtt_falling(self) -> bool:
         """The last two round-trip times fall: a queue draining after a step down."""
