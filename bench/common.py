@@ -253,6 +253,14 @@ async def _wait_until_serving(server: Server, timeout: float = 30.0) -> None:
 # -- results -----------------------------------------------------------------------------------
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The "Machine:" line of a results file, from :func:`machine`."""
+    return (
+        f"- Machine: {m['cpus']} × {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
+        f"load average at start {m['load_average_at_start']}"
+    )
+
+
 def write_results(
     out: Path, name: str, data: dict[str, Any], markdown: str, stamp: str | None = None
 ) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.common import RESULTS, fmt, machine, write_results
+from bench.common import RESULTS, fmt, machine, machine_line, write_results
 from webrtc.encoders import Codec, VideoKey, default_bitrate, make_encoder_pool
 from webrtc.ladder import LadderSpec
 from webrtc.sources import TestPatternSource
@@ -75,8 +75,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# peercam ladder cost, {report['date']}",
         "",
-        f"- Machine: {m['cpus']} × {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
-        f"load average at start {m['load_average_at_start']}",
+        machine_line(m),
         f"- Command: `{report['command']}`",
         f"- Test pattern {report['size']}; {report['seconds']:g} s per phase; "
         f"{report['runs']} run(s), medians; CPU in % of one core",

@@ -57,6 +57,7 @@ from bench.common import (
     ServerOptions,
     fmt,
     machine,
+    machine_line,
     peercam_server,
     pin,
     write_results,
@@ -509,8 +510,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# peercam link profiles, {report['date']}",
         "",
-        f"- Machine: {m['cpus']} × {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
-        f"load average at start {m['load_average_at_start']}",
+        machine_line(m),
         f"- Command: `{report['command']}`",
         f"- Test pattern 640x480@30 VP8; server on core 0, Chromium on core 1, each viewer in its "
         f"own network namespace (tbf downlink, nftables loss); window {report['seconds']:g} s "

@@ -59,6 +59,7 @@ from bench.common import (
     cpu_seconds,
     fmt,
     machine,
+    machine_line,
     peercam_server,
     percentile,
     prefix,
@@ -506,8 +507,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# peercam benchmark, {report['date']}",
         "",
-        f"- Machine: {m['cpus']} × {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
-        f"load average at start {m['load_average_at_start']}",
+        machine_line(m),
         f"- Command: `{report['command']}`",
         f"- Server pinned to core 0, viewers to core 1; {report['runs']} run(s) per scenario, "
         f"interleaved; medians; window {report['window_s']:g} s per run"
