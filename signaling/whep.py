@@ -240,6 +240,9 @@ class WhepSessions:
     def get(self, resource_id: str) -> WhepSession | None:
         return self._sessions.get(resource_id)
 
+    def sessions(self) -> list[WhepSession]:
+        return list(self._sessions.values())
+
     def start(self, session: WhepSession, slot: _Slot) -> None:
         """Serve ``session`` in its own task, which from now on owns its peer and ``slot``."""
         self._sessions[session.resource_id] = session

@@ -8,12 +8,15 @@ import base64
 import hashlib
 import hmac
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiortc import (
     RTCConfiguration,
@@ -22,14 +25,17 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from playwright.async_api import Browser
 from yarl import URL
 
 from signaling.whep import WhepSessions, parse_sdpfrag
 from tests.aiortc_viewer import AiortcViewer
+from tests.browser import wait_for
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
 from tests.turn import coturn
 from webrtc.encoders import Codec
 from webrtc.ice import IceServer, TurnSecret, announce_only
+from webrtc.ladder import LadderSpec
 
 TOKEN = "whep-test-token"
 SDP = "application/sdp"
@@ -235,6 +241,9 @@ async def test_an_offer_with_audio_first_and_no_candidates_plays_once_trickled(
     (peer,) = service_of(server).peers.peers()
     assert peer.viewer_id.startswith("whep-")
     assert peer.connection_state == "connected"
+    stats = peer.stats()
+    assert stats["rungs"] == 4  # on the ladder, under the rung controller, as a page viewer
+    assert peer.frames_sent > 0
 
 
 async def test_delete_ends_the_session_and_the_resource_is_gone(
@@ -413,10 +422,12 @@ async def test_link_headers_carry_the_ice_servers_with_minted_turn_credentials(
 
 
 async def test_a_whep_viewer_and_a_page_viewer_share_one_encoder(
-    server: TestServer, http: aiohttp.ClientSession, players: list[WhepPlayer]
+    make_server: ServerFactory, http: aiohttp.ClientSession, players: list[WhepPlayer]
 ) -> None:
     """A WHEP viewer is an ordinary viewer: the same shared encoder feeds it and a page
     viewer, and /api/status counts both on it."""
+    # One rung, so that no step down on a busy machine starts a second encoder.
+    server = await make_server(ladder=LadderSpec("off"))
     page = AiortcViewer(ws_url(server), codec="vp8", decode_bar=False)
     player = WhepPlayer(http, endpoint(server), codec="vp8")
     players.append(player)
@@ -492,3 +503,114 @@ def test_sdpfrag_parsing() -> None:
     for bad in ("hello", "a=ice-ufrag:a\r\na=ice-ufrag:b\r\n", "a=candidate:x\r\n" * 33):
         with pytest.raises(ValueError):  # noqa: PT011 — the parser's one error type
             parse_sdpfrag(bad)
+
+
+# -- real WHEP players in Chromium -------------------------------------------------------------
+
+PLAYERS_DIR = Path(__file__).resolve().parent / "whep"
+PLAYERS = ("whipWhep", "eyevinn")
+MIME_TYPES = {Codec.VP8: "video/VP8", Codec.H264: "video/H264"}
+
+
+@pytest.fixture(scope="session")
+def players_bundle() -> Path:
+    """tests/whep/players.js and the two npm players, bundled by esbuild (fresh each run)."""
+    esbuild = PLAYERS_DIR / "node_modules" / ".bin" / "esbuild"
+    if not esbuild.exists():
+        pytest.fail(
+            f"the WHEP players are not installed: run scripts/test.sh, or `npm ci` in "
+            f"{PLAYERS_DIR}",
+            pytrace=False,
+        )
+    out = PLAYERS_DIR / "dist" / "players.js"
+    subprocess.run(
+        [str(esbuild), "players.js", "--bundle", "--format=iife", "--target=es2020",
+         f"--outfile={out}", "--log-level=warning"],
+        cwd=PLAYERS_DIR, check=True, timeout=60,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+async def player_site(players_bundle: Path) -> AsyncIterator[TestServer]:
+    """Another origin (127.0.0.1 on another port) serving the test page and the bundle: the
+    players are embedded elsewhere, as --allow-origin is for."""
+    files = {"/player.html": PLAYERS_DIR / "player.html", "/dist/players.js": players_bundle}
+
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(files[request.path])
+
+    app = web.Application()
+    for path in files:
+        app.router.add_get(path, serve)
+    site = TestServer(app, host="127.0.0.1", port=0)
+    await site.start_server()
+    yield site
+    await site.close()
+
+
+@pytest.mark.browser
+async def test_npm_whep_players_play_vp8_and_h264_in_chromium(
+    make_server: ServerFactory, browser: Browser, player_site: TestServer
+) -> None:
+    """whip-whep (trickling by PATCH) and Eyevinn's player (no trickle), from another site
+    with a token, decode the codec --codec asks for from one shared encoder, and leave with
+    DELETE. (One test for both codecs: one browser launch.)"""
+    for codec in (Codec.VP8, Codec.H264):
+        await _play_with_npm_players(make_server, browser, player_site, codec)
+
+
+async def _play_with_npm_players(
+    make_server: ServerFactory, browser: Browser, player_site: TestServer, codec: Codec
+) -> None:
+    origin = str(player_site.make_url("/")).rstrip("/")
+    # One rung: a busy machine may step a viewer down, which would start a second encoder.
+    server = await make_server(
+        token=TOKEN, codecs=(codec,), allow_origins=(origin,), ladder=LadderSpec("off")
+    )
+    # With a camera permission Chromium announces its host candidates (here 127.0.0.1); without
+    # one it gathers none on loopback and the server learns its address from its checks alone.
+    # The permission makes the players' candidates real: whip-whep's reach peercam by PATCH.
+    context = await browser.new_context(permissions=["camera"])
+    service = service_of(server)
+    try:
+        pages = {}
+        for name in PLAYERS:  # whip-whep first: its view() returns once its POST is answered
+            page = pages[name] = await context.new_page()
+            await page.goto(str(player_site.make_url("/player.html")))
+            await page.evaluate(
+                "([name, url, token]) => window.startPlayer(name, url, token)",
+                [name, endpoint(server), TOKEN],
+            )
+            if name == "whipWhep":
+                (whip_whep,) = service.peers.peers()
+        for name, page in pages.items():
+            figures = await wait_for(
+                page,
+                "() => window.whepFigures?.framesDecoded > 30 && window.whepFigures",
+                timeout_s=20,
+                what=f"{name} decoding 30 {codec} frames",
+                diagnosis_js="() => window.whepFigures",
+            )
+            assert figures["mimeType"] == MIME_TYPES[codec], (name, figures)
+            assert figures["width"] == 640, (name, figures)
+        (key,) = service.encoders.running()
+        assert service.encoders.users(key) == 2  # one encoder for both players
+        assert service.encoders.started[key] == 1
+        (eyevinn,) = set(service.peers.peers()) - {whip_whep}
+        assert eyevinn.viewer_id.startswith("whep-")
+        # whip-whep's offer has no candidates (it posts before gathering): its PATCH gave them;
+        # Eyevinn's waits for gathering and has them in the offer.
+        sessions = sessions_of(server).sessions()
+        assert len(sessions) == 2
+        assert all(len(s.candidates) >= 1 for s in sessions)
+        for page in pages.values():
+            await page.evaluate("() => window.stopPlayer()")
+        await eventually(lambda: len(service.peers) == 0 and len(sessions_of(server)) == 0)
+        assert service.connections.total() == 0
+        # Eyevinn's player DELETEs (through CORS), then closes its peer connection; whip-whep
+        # closes first, and peercam may see the close (DTLS close_notify) before the DELETE.
+        assert eyevinn.close_reason == "the player ended the WHEP session"
+        assert whip_whep.close_reason in (eyevinn.close_reason, "connection closed")
+    finally:
+        await context.close()
