@@ -56,6 +56,8 @@ DELETE_WAIT = 5.0
 #: PeerManager has closed every peer (for at most its own 2 s), so only a peer whose close
 #: still hangs (a TURN allocation whose server is gone) is left.
 CLOSE_WAIT = 1.0
+#: Refused offers are logged at INFO at most once per this many seconds.
+REFUSALS_LOG_INTERVAL = 10.0
 #: CORS preflights may be cached this long (seconds).
 PREFLIGHT_MAX_AGE = 600
 ALLOW_HEADERS = "Authorization, Content-Type, If-Match"
@@ -233,6 +235,12 @@ class WhepSessions:
     def __init__(self) -> None:
         self._sessions: dict[str, WhepSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Refused offers: a client's mistake, at INFO at most once per 10 s (the rest at DEBUG).
+        self._refusals = limits.QuietWarning(logger, REFUSALS_LOG_INTERVAL, logging.INFO)
+
+    def refused(self, message: str, *args: object) -> None:
+        logger.debug(message, *args)
+        self._refusals.warn(message, *args)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -255,6 +263,8 @@ class WhepSessions:
     async def _serve(self, session: WhepSession, slot: _Slot) -> None:
         try:
             await session.peer.run()
+        except Exception:  # a bug, not a player's doing: logged, and the session still ends
+            logger.exception("viewer %s: WHEP session failed", session.peer.viewer_id)
         finally:
             # The resource is gone with its peer: PATCH and DELETE now get 404.
             if self._sessions.get(session.resource_id) is session:
@@ -361,7 +371,7 @@ async def post_offer(request: web.Request) -> web.Response:
         # Checked before any peer connection or socket exists, as a page's offer is.
         checked = sdpcheck.check_offer(text, allow_loopback=loopback)
     except NegotiationError as exc:
-        logger.info("refused a WHEP offer from %s: %s: %s", remote, exc.code, exc)
+        sessions.refused("refused a WHEP offer from %s: %s: %s", remote, exc.code, exc)
         raise _negotiation_refused(exc) from exc
     slot = _admit(request, service, limits.client_of(remote))
     try:
@@ -374,7 +384,7 @@ async def post_offer(request: web.Request) -> web.Response:
         except BaseException as exc:
             await asyncio.shield(peer.aclose(f"offer refused: {exc}"))
             if isinstance(exc, NegotiationError):
-                logger.info("viewer %s: refused WHEP offer: %s: %s", viewer_id, exc.code, exc)
+                sessions.refused("viewer %s: refused WHEP offer: %s: %s", viewer_id, exc.code, exc)
                 raise _negotiation_refused(exc) from exc
             raise
         session = WhepSession(secrets.token_urlsafe(16), peer, checked, allow_loopback=loopback)
@@ -419,7 +429,7 @@ def _location(request: web.Request, resource_id: str) -> str:
 
 def _session_of(request: web.Request) -> WhepSession:
     session = request.app[WhepSessions.KEY].get(request.match_info["resource"])
-    if session is None:
+    if session is None or session.peer.close_reason is not None:  # unknown, or ending
         raise refused(404, "no such WHEP session (it ended, or never existed)")
     return session
 

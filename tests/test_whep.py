@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import re
 import subprocess
 import time
@@ -334,6 +335,20 @@ async def test_requests_that_are_not_whep_are_refused_with_the_right_status(
         "a=candidate:2 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active",
     ]
     assert await player.patch(player.sdpfrag(unusable)) == 204
+
+
+async def test_through_a_reverse_proxy_the_location_is_relative(
+    make_server: ServerFactory, http: aiohttp.ClientSession, players: list[WhepPlayer]
+) -> None:
+    """Behind a proxy that serves peercam under a prefix (/cam/ → /), only a relative
+    Location resolves to the resource: peercam cannot know the prefix."""
+    server = await make_server(trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),))
+    player = WhepPlayer(http, endpoint(server))
+    player.headers["X-Forwarded-For"] = "198.51.100.7"
+    players.append(player)
+    created = await player.start()
+    assert re.fullmatch(r"whep/[\w-]{16,}", created.location), created.location
+    assert await player.delete() == 200
 
 
 async def test_access_control_is_the_token_and_a_preflight_needs_none(
