@@ -67,8 +67,9 @@ class Created:
 
 class WhepPlayer:
     """A WHEP player made with aiortc: audio section first and recvonly video, as players
-    offer; ``trickle`` posts the offer without candidates and PATCHes them afterwards, under
-    the first (audio) section's mid, as whip-whep does."""
+    offer (``codec`` preferred; ``only``: no other); ``trickle`` posts the offer without
+    candidates and PATCHes them afterwards, under the first (audio) section's mid, as whip-whep
+    does."""
 
     def __init__(
         self,
@@ -76,17 +77,18 @@ class WhepPlayer:
         endpoint: str,
         *,
         codec: str | None = None,
+        only: bool = False,
         trickle: bool = False,
         token: str | None = None,
     ) -> None:
         self.http = http
         self.endpoint = endpoint
         self.codec = codec
+        self.only = only
         self.trickle = trickle
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.frames = 0
-        self.codec_name: str | None = None
         self._track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
         self._reader: asyncio.Task[None] | None = None
         self._frame = asyncio.Event()
@@ -108,11 +110,13 @@ class WhepPlayer:
     async def _make_offer(self) -> str:
         self.pc.addTransceiver("audio", direction="recvonly")
         video = self.pc.addTransceiver("video", direction="recvonly")
-        if self.codec:
+        if self.codec:  # that codec first, then (unless ``only``) the others, as a browser
             mime = "video/VP8" if self.codec == "vp8" else "video/H264"
             caps = RTCRtpSender.getCapabilities("video").codecs
+            others = [] if self.only else [c for c in caps if c.mimeType not in (mime, "video/rtx")]
             video.setCodecPreferences(
                 [c for c in caps if c.mimeType == mime]
+                + others
                 + [c for c in caps if c.mimeType == "video/rtx"]
             )
         with announce_only(["127.0.0.1"]):
@@ -213,6 +217,15 @@ async def players(http: aiohttp.ClientSession) -> AsyncIterator[list[WhepPlayer]
         await player.close()
 
 
+def first_video_codec(sdp: str) -> str:
+    """The codec an answer sends video with: its video section's first payload type's."""
+    video = sdp.split("m=video ", 1)[1]
+    payload_type = video.split("\r\n", 1)[0].split()[2]
+    rtpmap = re.search(rf"a=rtpmap:{payload_type} ([\w-]+)/", video)
+    assert rtpmap is not None
+    return rtpmap[1]
+
+
 def endpoint(server: TestServer) -> str:
     return str(server.make_url("/whep"))
 
@@ -238,6 +251,12 @@ async def test_an_offer_with_audio_first_and_no_candidates_plays_once_trickled(
     (session,) = [sessions_of(server).get(created.location.rsplit("/", 1)[1])]
     assert session is not None
     assert len(session.candidates) == len(player.candidates)  # the trickled ones were taken
+    # ... and reached the one ICE transport of the bundle (the audio section's, listed first).
+    transports = {t.receiver.transport.transport for t in session.peer._pc.getTransceivers()}
+    (ice_transport,) = transports
+    remote = {(c.ip, c.port) for c in ice_transport.getRemoteCandidates()}
+    trickled = {(c.split()[4], int(c.split()[5])) for c in player.candidates}
+    assert trickled <= remote, (trickled, remote)
     await player.wait_frames(10)
     (peer,) = service_of(server).peers.peers()
     assert peer.viewer_id.startswith("whep-")
@@ -488,15 +507,22 @@ async def test_whep_sessions_count_against_the_viewer_caps_and_free_their_slot(
 async def test_codec_flag_applies_to_whep_answers(
     make_server: ServerFactory, http: aiohttp.ClientSession, players: list[WhepPlayer]
 ) -> None:
-    """--codec h264: a player offering VP8 first gets H.264, or 400 when it offers none."""
+    """--codec h264: a player offering VP8 first gets H.264, or 400 when it offers none; with
+    both allowed, a player that prefers H.264 gets it (codec preferences are set before the
+    offer is applied: aiortc settles the answer's codecs there)."""
+    both = await make_server()
+    prefers_h264 = WhepPlayer(http, endpoint(both), codec="h264")
+    players.append(prefers_h264)
+    created = await prefers_h264.start()
+    assert first_video_codec(created.answer) == "H264"
+    await prefers_h264.wait_frames(3)
     server = await make_server(codecs=(Codec.H264,))
     player = WhepPlayer(http, endpoint(server))
     players.append(player)
     created = await player.start()
-    video = created.answer.split("m=video")[1]
-    assert re.search(r"a=rtpmap:\d+ H264/90000", video)
-    assert "VP8" not in video
-    vp8_only = WhepPlayer(http, endpoint(server), codec="vp8")
+    assert first_video_codec(created.answer) == "H264"
+    assert "VP8" not in created.answer
+    vp8_only = WhepPlayer(http, endpoint(server), codec="vp8", only=True)
     players.append(vp8_only)
     sdp = await vp8_only.offer()
     async with http.post(endpoint(server), data=sdp, headers={"Content-Type": SDP}) as response:
