@@ -52,9 +52,10 @@ MAX_SDPFRAG_CHARS = MAX_SDP_CHARS
 PATCH_RATE, PATCH_BURST = 10.0, 30.0
 #: Seconds a DELETE waits for the session's owner to close its peer before cancelling it.
 DELETE_WAIT = 5.0
-#: Seconds cleanup waits for the sessions' owners before cancelling them: it runs after the
-#: PeerManager has closed every peer (for at most its own 2 s), so only a peer whose close
-#: still hangs (a TURN allocation whose server is gone) is left.
+#: Seconds cleanup waits for the sessions' owners before cancelling them (safe: a peer's close
+#: is shielded and owned by the peer). In create_app's order it runs after the PeerManager has
+#: closed every peer (for at most its own 2 s), so only a close that still hangs (a TURN
+#: allocation whose server is gone) is left to wait for.
 CLOSE_WAIT = 1.0
 #: Refused offers are logged at INFO at most once per this many seconds.
 REFUSALS_LOG_INTERVAL = 10.0
