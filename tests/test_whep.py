@@ -503,6 +503,30 @@ async def test_whep_sessions_count_against_the_viewer_caps_and_free_their_slot(
     await second.start()  # the slot is free again
     await second.wait_frames(3)
 
+    full = await make_server(max_viewers=1)
+    third, fourth = WhepPlayer(http, endpoint(full)), WhepPlayer(http, endpoint(full))
+    players += [third, fourth]
+    await third.start()
+    sdp = await fourth.offer()
+    async with http.post(endpoint(full), data=sdp, headers={"Content-Type": SDP}) as response:
+        assert response.status == 503  # --max-viewers, counted with the page's sockets
+        assert "Retry-After" in response.headers
+    assert len(service_of(full).peers) == 1  # the refused offer made no peer
+
+
+async def test_a_jpeg_only_server_refuses_whep_offers(
+    make_server: ServerFactory, http: aiohttp.ClientSession, players: list[WhepPlayer]
+) -> None:
+    """--no-webrtc: 403 with the reason, and no peer."""
+    server = await make_server(webrtc=False)
+    player = WhepPlayer(http, endpoint(server))
+    players.append(player)
+    sdp = await player.offer()
+    async with http.post(endpoint(server), data=sdp, headers={"Content-Type": SDP}) as response:
+        assert response.status == 403
+        assert (await response.text()).startswith("webrtc-disabled")
+    assert len(service_of(server).peers) == 0
+
 
 async def test_codec_flag_applies_to_whep_answers(
     make_server: ServerFactory, http: aiohttp.ClientSession, players: list[WhepPlayer]
