@@ -425,7 +425,7 @@ def _location(request: web.Request, resource_id: str) -> str:
     view = request.get(CLIENT_VIEW)
     if view is not None and view.proxy is not None:
         return f"whep/{resource_id}"
-    return f"{request.path.rstrip('/')}/{resource_id}"
+    return f"{request.rel_url.raw_path.rstrip('/')}/{resource_id}"  # still percent-encoded
 
 
 def _session_of(request: web.Request) -> WhepSession:
