@@ -42,3 +42,10 @@ ensure_venv() {  # ensure_venv [EXTRAS]
   [ -n "$extras" ] && spec="$ROOT[$extras]"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
 }
+
+npm_install() {  # npm_install DIR — DIR's package-lock.json into DIR/node_modules
+  apt_install nodejs npm
+  if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -18,6 +18,7 @@ from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
 from .security import ClientLimits, add_cors_headers, security_middleware
 from .session import websocket_handler
 from .state import Service, trim_heap
+from .whep import add_routes as add_whep_routes
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     app.router.add_get("/video", legacy_video_handler)
     app.router.add_get("/capture", _page("capture.html"))
     app.router.add_get("/check", _page("check.html"))
+    add_whep_routes(app)
     app.router.add_static("/static/", config.static_dir, append_version=False)
     app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_lifetime)

@@ -89,9 +89,9 @@ def generate_token() -> str:
 
 
 def _given_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[7:].strip()
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 §11.1)
+        return credentials.strip()
     return request.query.get("token") or request.cookies.get(COOKIE)
 
 
@@ -231,6 +231,11 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         )
     if path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
+    if request.method == "OPTIONS":
+        # A CORS preflight never carries credentials (Fetch standard), so it cannot need the
+        # token. Only WHEP answers OPTIONS (methods and headers, nothing of the camera); every
+        # other route says 405.
+        return await handler(request)
 
     websocket = path in WEBSOCKETS
     origin = request.headers.get("Origin")
@@ -324,7 +329,8 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: CORS for the HTTP endpoints, for allowed origins only.
+    """``on_response_prepare``: CORS for the HTTP endpoints (pictures, WHEP), for allowed
+    origins only.
 
     A signal rather than the middleware, so streamed responses (MJPEG) get the headers too.
     """
@@ -333,6 +339,8 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     if origin and origin.rstrip("/").lower() in allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
+        # What a WHEP player in another site's page must read from a 201 (signaling/whep.py).
+        response.headers["Access-Control-Expose-Headers"] = "Location, ETag, Link, Accept-Patch"
         response.headers["Vary"] = "Origin"
 
 
