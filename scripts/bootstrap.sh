@@ -15,8 +15,10 @@ apt_updated=
 apt_install() {  # apt_install PACKAGE... — installs only what is missing
   local missing=()
   for pkg in "$@"; do
+    # A command of the package's name counts too: npm comes inside NodeSource's nodejs,
+    # whose package conflicts with Debian's npm.
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-      || missing+=("$pkg")
+      || command -v "$pkg" >/dev/null || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "peercam: installing Debian packages: ${missing[*]}" >&2
@@ -41,4 +43,11 @@ ensure_venv() {  # ensure_venv [EXTRAS]
   local spec="$ROOT"
   [ -n "$extras" ] && spec="$ROOT[$extras]"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
+}
+
+npm_install() {  # npm_install DIR — DIR's package-lock.json into DIR/node_modules
+  apt_install nodejs npm
+  if [ ! -f "$1/node_modules/.package-lock.json" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 }
