@@ -153,7 +153,7 @@ async def firefox_run() -> AsyncIterator[FirefoxRun]:
     h264 = await _serve(codecs=(Codec.H264,))
     try:
         pages = [
-            {"url": f"{server.make_url('/')}{query}", "done": done, "timeoutS": 40}
+            {"url": f"{server.make_url('/')}{query}", "done": done, "timeoutS": 30}
             for server, query, done in (
                 (vp8, "?codec=vp8",
                  'v.mode === "WebRTC" && v.state === "playing" && v.framesDecoded > 30'),
@@ -167,7 +167,7 @@ async def firefox_run() -> AsyncIterator[FirefoxRun]:
             stderr=asyncio.subprocess.PIPE, env={**os.environ, "FIREFOX": str(firefox)},
         )  # fmt: skip
         try:
-            async with asyncio.timeout(150):
+            async with asyncio.timeout(110):  # under pytest-timeout's 120 s
                 out, err = await process.communicate(job)
         finally:
             if process.returncode is None:

@@ -63,7 +63,7 @@ async function watch(browser, { url, done, timeoutS }) {
   const consoleLines = [];
   page.on("console", (msg) => consoleLines.length < 200 && consoleLines.push(msg.text()));
   try {
-    await page.goto(url);
+    await page.goto(url, { timeout: 60_000 });
     const isDone = new Function("v", `return ${done};`);
     const deadline = Date.now() + timeoutS * 1000;
     let first = null;
@@ -102,6 +102,8 @@ const browser = await puppeteer.launch({
   headless: true,
   acceptInsecureCerts: true,
   extraPrefsFirefox: prefs,
+  // A busy 2-core machine: the first start of a fresh profile can take half a minute.
+  timeout: 60_000,
 });
 let result;
 try {
