@@ -15,8 +15,10 @@ apt_updated=
 apt_install() {  # apt_install PACKAGE... — installs only what is missing
   local missing=()
   for pkg in "$@"; do
+    # A command of the package's name counts too: npm comes inside NodeSource's nodejs,
+    # whose package conflicts with Debian's npm.
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-      || missing+=("$pkg")
+      || command -v "$pkg" >/dev/null || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "peercam: installing Debian packages: ${missing[*]}" >&2

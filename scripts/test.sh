@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Install what the tests need (Debian's chromium, coturn and nginx, the test extra in .venv, the npm
-# WHEP players in tests/whep), then lint, type-check and run the whole suite, inside a
-# loopback-only network namespace when the machine allows it.
+# Install what the tests need (Debian's chromium, firefox-esr, WebKitGTK's driver, coturn, nginx
+# and caddy, the test extra in .venv, puppeteer-core for the Firefox tests and the WHEP players),
+# then lint, type-check and run the whole suite, inside a loopback-only network namespace when
+# the machine allows it.
 # Arguments go to pytest:  scripts/test.sh -k browser
 source "$(dirname "$0")/bootstrap.sh"
 cd "$ROOT"
 
-apt_install chromium coturn nftables nginx
+apt_install chromium coturn nftables nginx caddy firefox-esr webkit2gtk-driver xvfb
 ensure_venv test
-npm_install tests/whep  # the WHEP players (whip-whep, Eyevinn's), bundled by the test
+npm_install "$ROOT/tests/whep"  # the WHEP players (whip-whep, Eyevinn's), bundled by the test
+npm_install "$ROOT/tests/firefox"  # puppeteer-core
 
 echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
 echo "== mypy"; "$VENV/bin/mypy"

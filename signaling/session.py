@@ -65,6 +65,11 @@ class ViewerSession:
         self._rate = TokenBucket(RATE, BURST)
         #: The viewer's remote candidates, counted and checked before ICE sees them.
         self._candidates: sdpcheck.CandidateBudget | None = None
+        #: The last offer was refused and no session runs: the candidates the browser trickles
+        #: for it (Firefox sends a dozen after an offer with no codec in common) are dropped
+        #: quietly, and counted, instead of earning an error each.
+        self._offer_refused = False
+        self._dropped_candidates = 0
 
     async def run(self) -> None:
         config = self._service.config
@@ -118,8 +123,16 @@ class ViewerSession:
             logger.debug("viewer %s: < %s", self.viewer_id, type(message).__name__)
             match message:
                 case messages.Offer(sdp):
-                    await self._on_offer(sdp)
+                    try:
+                        await self._on_offer(sdp)
+                    except messages.ProtocolError:
+                        self._offer_refused = self._peer is None
+                        raise
+                    self._offer_refused = False
                 case messages.Candidate(candidate, sdp_mid, index):
+                    if self._peer is None and self._offer_refused:
+                        self._dropped_candidates += 1  # the offer's error said it all
+                        return
                     if self._peer is None or self._candidates is None:
                         raise messages.ProtocolError(
                             "unexpected", "a candidate came before the offer", "candidate"
@@ -262,6 +275,11 @@ class ViewerSession:
             self._service.jpeg_streams.discard(self._jpeg)
         if self._refusals > LOGGED_REFUSALS:
             logger.info("viewer %s: %d messages refused in all", self.viewer_id, self._refusals)
+        if self._dropped_candidates:
+            logger.debug(
+                "viewer %s: %d candidates of a refused offer dropped",
+                self.viewer_id, self._dropped_candidates,
+            )  # fmt: skip
         logger.info("viewer %s disconnected", self.viewer_id)
 
 

@@ -15,6 +15,10 @@ const WATCH_INTERVAL_MS = 500;
 const WEBRTC_RETRY_S = 30;
 const WEBRTC_RETRY_MAX_S = 300;
 const NETWORK_REASONS = new Set(["failed", "no-video", "stalled"]);
+// Fallback reasons are a fixed set (docs/protocol.md, counted by the server): an offer refused
+// with one of these error codes falls back with the code as its reason, any other refusal
+// with "offer-error".
+const OFFER_REFUSALS = new Set(["webrtc-disabled", "no-codec", "no-udp-port"]);
 const JPEG_HEADER_BYTES = 20; // "PCJ1", seq u32, capture time f64 (s), width u16, height u16
 // Close codes of a refused socket (docs/protocol.md): the reason says what to change, so it is
 // shown as it is and retried only slowly.
@@ -317,8 +321,8 @@ class PeercamView extends HTMLElement {
       case "error":
         log("server error", msg.code, msg.message);
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
-          const known = new Set(["webrtc-disabled", "no-codec", "no-udp-port"]);
-          this.#fallBack(known.has(msg.code) ? msg.code : "offer-error", `${msg.code}: ${msg.message}`);
+          const reason = OFFER_REFUSALS.has(msg.code) ? msg.code : "offer-error";
+          this.#fallBack(reason, `${msg.code}: ${msg.message}`);
         } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
           // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from signaling.app import create_app
-from tests.browser import TIMEBAR_JS, launch_chromium
+from tests.browser import TIMEBAR_JS
 from tests.conftest import LOOPBACK_CONFIG
 from webrtc.sources import TestPatternSource
 
@@ -139,19 +139,11 @@ async () => {
 ServeFn = Callable[..., Awaitable[TestServer]]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    """One headless Chromium for the whole module; fails (never skips) if it is missing."""
-    async with async_playwright() as playwright:
-        chromium = await launch_chromium(playwright)
-        yield chromium
-        await chromium.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh browser context (no shared cache or state) with the harness installed."""
-    context = await browser.new_context(viewport={"width": 800, "height": 600})
+async def page(module_browser: Browser) -> AsyncIterator[Page]:
+    """A fresh context of the module's Chromium (no shared cache or state) with the harness
+    installed."""
+    context = await module_browser.new_context(viewport={"width": 800, "height": 600})
     await context.add_init_script(HARNESS_JS)
     try:
         yield await context.new_page()
@@ -330,11 +322,11 @@ async def test_plays_when_end_of_candidates_precedes_the_first_check(
 
 
 @pytest.mark.parametrize("codec", CODECS)
-async def test_time_to_first_frame(browser: Browser, server: TestServer, codec: str) -> None:
+async def test_time_to_first_frame(module_browser: Browser, server: TestServer, codec: str) -> None:
     """How long a viewer stares at black after opening the page; recorded for the docs."""
     samples = []
     for _ in range(3):  # fresh contexts: nothing cached between samples
-        context = await browser.new_context()
+        context = await module_browser.new_context()
         try:
             await context.add_init_script(HARNESS_JS)
             page = await context.new_page()
@@ -361,7 +353,7 @@ async def test_time_to_first_frame(browser: Browser, server: TestServer, codec: 
     ARTIFACTS.mkdir(exist_ok=True)
     record = {
         "codec": codec,
-        "browser": browser.version,
+        "browser": module_browser.version,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "median_goto_to_first_frame_ms": statistics.median(totals),
         "samples": samples,

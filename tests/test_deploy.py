@@ -1,10 +1,12 @@
-"""peercam behind a real nginx (Debian's), with TLS, under /cam/: the documented config, run.
+"""peercam behind real reverse proxies (Debian's nginx and Caddy), with TLS, under /cam/.
 
-nginx runs as a child process with its own configuration, pid, logs and temp files in a
-temporary directory (no system service). Its site is ``docs/deploy/nginx.conf`` itself, with
-only the listen port, the certificate paths and peercam's port replaced, so the documentation
-cannot drift from what is tested. One nginx, one Chromium and the peercam servers live for the
-whole module (one event loop: Playwright and aiohttp are bound to the loop that made them).
+Each proxy runs as a child process with its own configuration, pid, logs and state in a
+temporary directory (no system service). Its site is the documented file itself
+(``docs/deploy/nginx.conf``, ``docs/deploy/Caddyfile``) with only the listen address, the
+certificate paths and peercam's port replaced, so the documentation cannot drift from what is
+tested. The module runs every test once per proxy; one proxy, one Chromium and the peercam
+servers live for all of that proxy's tests (one event loop: Playwright and aiohttp are bound to
+the loop that made them).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -27,13 +31,13 @@ import cv2
 import numpy as np
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from signaling import tls
 from signaling.app import create_app
 from signaling.listener import Listener
 from signaling.state import Service
-from tests.browser import launch_chromium
+from tests.browser import view_until
 from tests.conftest import LOOPBACK_CONFIG
 from tests.test_server_cli import _stop
 from webrtc import timebar
@@ -43,12 +47,20 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_SITE = ROOT / "docs" / "deploy" / "nginx.conf"
+CADDY_SITE = ROOT / "docs" / "deploy" / "Caddyfile"
 TOKEN = "s3cret-deploy-token"
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 #: Per forwarded client: 30 viewers through one proxy are served only if each counts alone.
 MAX_PER_ADDRESS = 2
 VIEWERS = 30
 SLOW_FPS = 4.0
+
+
+def _replaced(text: str, replacements: list[tuple[str, str]], name: str) -> str:
+    for old, new in replacements:
+        assert text.count(old) == 1, f"{name} changed: {old!r}"
+        text = text.replace(old, new)
+    return text
 
 
 def nginx_site(*, listen: int, cert: Path, key: Path, upstream: int, buffering: bool = True) -> str:
@@ -63,10 +75,7 @@ def nginx_site(*, listen: int, cert: Path, key: Path, upstream: int, buffering: 
     ]
     if not buffering:
         replacements.append(("proxy_buffering off;", ""))
-    for old, new in replacements:
-        assert text.count(old) == 1, f"docs/deploy/nginx.conf changed: {old!r}"
-        text = text.replace(old, new)
-    return text
+    return _replaced(text, replacements, "docs/deploy/nginx.conf")
 
 
 def nginx_main(directory: Path, sites: list[str]) -> str:
@@ -93,21 +102,58 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def caddy_site(*, listen: int, cert: Path, key: Path, upstream: int, log: Path) -> str:
+    """The documented Caddyfile's site with this machine's values (and an access log)."""
+    return _replaced(
+        CADDY_SITE.read_text(),
+        [
+            ("cam.example.org {", f"https://127.0.0.1:{listen} {{\n\ttls {cert} {key}\n"
+                                  f"\tlog {{\n\t\toutput file {log}\n\t}}"),
+            ("reverse_proxy 127.0.0.1:9000 {", f"reverse_proxy 127.0.0.1:{upstream} {{"),
+        ],
+        "docs/deploy/Caddyfile",
+    )  # fmt: skip
+
+
+def caddy_main(sites: list[str]) -> str:
+    """A Caddyfile for a private Caddy: no admin endpoint, no ACME (its saved config and
+    state go to the test's directory: see ``XDG_*``)."""
+    return "{\n\tadmin off\n\tauto_https off\n}\n\n" + "\n".join(sites)
+
+
+#: One request in a proxy's access log.
+Request = tuple[str, str, int]  # method, URI as the browser sent it, status
+
+
+def _nginx_requests(log: str) -> list[Request]:
+    return [
+        (m[1], m[2], int(m[3])) for m in re.finditer(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) ', log)
+    ]
+
+
+def _caddy_requests(log: str) -> list[Request]:
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    return [(e["request"]["method"], e["request"]["uri"], int(e["status"])) for e in entries]
+
+
 @dataclass
 class Deployment:
-    """nginx in front of peercam servers; ``url()`` is what a browser opens."""
+    """A proxy in front of peercam servers; ``url()`` is what a browser opens."""
 
-    port: int  # the documented site, peercam trusting nginx
+    proxy: str  # "nginx" or "caddy"
+    port: int  # the documented site, peercam trusting the proxy
     untrusted_port: int  # the same site in front of a peercam without --trusted-proxy
-    slow_port: int  # without proxy_buffering off, in front of a 4 fps peercam
-    directory: Path
+    slow_port: int  # in front of a 4 fps peercam (nginx: without proxy_buffering off)
+    access_log: Path
     service: Service
 
     def url(self, path: str = "/cam/", port: int | None = None, scheme: str = "https") -> str:
         return f"{scheme}://127.0.0.1:{port or self.port}{path}"
 
-    def access_log(self) -> str:
-        return (self.directory / "access.log").read_text()
+    def requests(self) -> list[Request]:
+        """What the proxy logged: every request the browser made through it."""
+        text = self.access_log.read_text() if self.access_log.exists() else ""
+        return _nginx_requests(text) if self.proxy == "nginx" else _caddy_requests(text)
 
 
 async def _listener(**overrides: Any) -> tuple[Listener, Service]:
@@ -125,7 +171,7 @@ async def _wait_listening(port: int, process: asyncio.subprocess.Process, log: P
         while True:
             if process.returncode is not None:
                 text = await asyncio.to_thread(log.read_text) if log.exists() else ""  # noqa: ASYNC240
-                raise AssertionError(f"nginx exited: {text}")
+                raise AssertionError(f"the proxy exited: {text}")
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.close()
@@ -134,99 +180,101 @@ async def _wait_listening(port: int, process: asyncio.subprocess.Process, log: P
             await asyncio.sleep(0.05)  # polling another process's socket: no event exists
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.access(nginx, os.X_OK):
-        pytest.fail("nginx not found: apt-get install nginx (scripts/test.sh does)", False)
-    directory = tmp_path_factory.mktemp("nginx")
+def _executable(name: str) -> str:
+    path = shutil.which(name) or f"/usr/sbin/{name}"
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{name} not found: apt-get install {name} (scripts/test.sh does)", False)
+    return path
+
+
+async def _start_proxy(
+    proxy: str, directory: Path, cert: Path, key: Path, upstreams: list[int], ports: list[int]
+) -> asyncio.subprocess.Process:
+    """The proxy in front of ``upstreams`` (trusted, untrusted, slow), listening on ``ports``."""
+    log = directory / "error.log"
+    if proxy == "nginx":
+        sites = [
+            nginx_site(listen=ports[0], cert=cert, key=key, upstream=upstreams[0]),
+            nginx_site(listen=ports[1], cert=cert, key=key, upstream=upstreams[1]),
+            nginx_site(listen=ports[2], cert=cert, key=key, upstream=upstreams[2], buffering=False),
+        ]
+        (directory / "nginx.conf").write_text(nginx_main(directory, sites))
+        command = [
+            _executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),
+            "-e", str(log), "-g", "daemon off;",
+        ]  # fmt: skip
+        env = None
+    else:
+        sites = [
+            caddy_site(listen=port, cert=cert, key=key, upstream=upstream,
+                       log=directory / "access.log")
+            for port, upstream in zip(ports, upstreams, strict=True)
+        ]  # fmt: skip
+        (directory / "Caddyfile").write_text(caddy_main(sites))
+        command = [
+            _executable("caddy"), "run", "--adapter", "caddyfile",
+            "--config", str(directory / "Caddyfile"),
+        ]  # fmt: skip
+        # Caddy keeps certificates and state under $HOME / $XDG_*: here, in the test's directory.
+        env = {**os.environ, "HOME": str(directory), "XDG_DATA_HOME": str(directory / "data"),
+               "XDG_CONFIG_HOME": str(directory / "config")}  # fmt: skip
+    with log.open("ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=output, env=env
+        )
+    try:
+        for port in ports:
+            await _wait_listening(port, process, log)
+    except BaseException:
+        await _stop(process)
+        raise
+    return process
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["nginx", "caddy"])
+async def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Deployment]:
+    proxy: str = request.param
+    directory = tmp_path_factory.mktemp(proxy)
     cert, key = tls.self_signed(directory / "tls", ["127.0.0.1"])
     trusted, service = await _listener(trusted_proxies=LOOPBACK, max_per_address=MAX_PER_ADDRESS)
     untrusted, _ = await _listener(max_per_address=MAX_PER_ADDRESS)
     slow, _ = await _listener(trusted_proxies=LOOPBACK, fps=SLOW_FPS)
-    ports = [_free_port() for _ in range(3)]
-    sites = [
-        nginx_site(listen=ports[0], cert=cert, key=key, upstream=trusted.port),
-        nginx_site(listen=ports[1], cert=cert, key=key, upstream=untrusted.port),
-        nginx_site(listen=ports[2], cert=cert, key=key, upstream=slow.port, buffering=False),
-    ]
-    (directory / "nginx.conf").write_text(nginx_main(directory, sites))
-    process = await asyncio.create_subprocess_exec(
-        nginx, "-p", str(directory), "-c", str(directory / "nginx.conf"),
-        "-e", str(directory / "error.log"), "-g", "daemon off;",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    listeners = (trusted, untrusted, slow)
+    ports = [_free_port() for _ in listeners]
     try:
-        for port in ports:
-            await _wait_listening(port, process, directory / "error.log")
-        yield Deployment(ports[0], ports[1], ports[2], directory, service)
+        process = await _start_proxy(
+            proxy, directory, cert, key, [listener.port for listener in listeners], ports
+        )
+        try:
+            yield Deployment(proxy, ports[0], ports[1], ports[2], directory / "access.log", service)
+        finally:
+            await _stop(process)
     finally:
-        await _stop(process)
-        for listener in (trusted, untrusted, slow):
+        for listener in listeners:
             await listener.aclose()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await launch_chromium(playwright)
-        yield chromium
-        await chromium.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh context that accepts the self-signed certificate."""
-    context = await browser.new_context(ignore_https_errors=True)
+async def page(module_browser: Browser) -> AsyncIterator[Page]:
+    """A fresh context of the module's Chromium that accepts the self-signed certificate."""
+    context = await module_browser.new_context(ignore_https_errors=True)
     try:
         yield await context.new_page()
     finally:
         await context.close()
 
 
-VIEW_JS = """async () => {
-  const el = document.querySelector("peercam-view");
-  if (!el) return null;
-  const info = el.info;
-  let framesDecoded = 0, mimeType = null;
-  if (el.peerConnection) {
-    const report = await el.peerConnection.getStats();
-    report.forEach((r) => {
-      if (r.type === "inbound-rtp" && r.kind === "video") {
-        framesDecoded = r.framesDecoded || 0;
-        mimeType = report.get(r.codecId)?.mimeType ?? null;
-      }
-    });
-  }
-  return { ...info, state: el.dataset.state, framesDecoded, mimeType,
-           overlay: el.shadowRoot.querySelector(".overlay").textContent };
-}"""
-
-
-async def _view_until(page: Page, done: str, timeout: float, what: str) -> dict[str, Any]:
-    """Poll the element's state (``VIEW_JS``) until the JS expression ``done`` over ``v``
-    holds; fail with the last state seen."""
-    last: dict[str, Any] | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                last = await page.evaluate(VIEW_JS)
-                if last is not None and await page.evaluate(f"(v) => {done}", last):
-                    return last
-                await asyncio.sleep(0.1)  # polling the browser's state: no event exists
-    except TimeoutError:
-        pytest.fail(f"not within {timeout:g} s: {what}; element: {last}")
-
-
 @pytest.mark.browser
-async def test_chromium_plays_webrtc_through_nginx_under_a_prefix(
+async def test_chromium_plays_webrtc_through_the_proxy_under_a_prefix(
     page: Page, deployment: Deployment
 ) -> None:
     """The whole deployment as a user meets it: TLS proxy, sub-path, token URL, WebRTC."""
     await page.goto(deployment.url(f"/cam/?token={TOKEN}&codec=vp8"))
-    view = await _view_until(
-        page, 'v.mode === "WebRTC" && v.state === "playing" && v.framesDecoded > 30', 20,
-        "WebRTC playing through nginx",
+    view = await view_until(
+        page, 'v.mode === "WebRTC" && v.state === "playing" && v.framesDecoded > 30',
+        timeout_s=20, what=f"WebRTC playing through {deployment.proxy}",
     )  # fmt: skip
     assert view["mimeType"] == "video/VP8"
     # The redirect was relative: the token left the address bar, the prefix stayed.
@@ -236,22 +284,24 @@ async def test_chromium_plays_webrtc_through_nginx_under_a_prefix(
         ("peercam_token", True, True, "/cam")
     ]
     assert len(deployment.service.viewers) == 1  # /cam/ws, still open (so not logged yet)
-    log = deployment.access_log()
+    requests = deployment.requests()
     for path in ("/cam/static/peercam-view.js", "/cam/snapshot.jpg?width=320"):
-        assert f"GET {path}" in log, path
-    assert '"GET /static/' not in log  # nothing escaped the prefix
-    assert '" 404 ' not in log
+        assert any(r[0] == "GET" and r[1].startswith(path) and r[2] == 200 for r in requests), (
+            path, requests,
+        )  # fmt: skip
+    assert all(uri.startswith("/cam") for _, uri, _ in requests), requests  # nothing escaped
+    assert all(status < 400 for *_, status in requests), requests
 
 
 @pytest.mark.browser
-async def test_chromium_gets_jpeg_pictures_through_nginx(
+async def test_chromium_gets_jpeg_pictures_through_the_proxy(
     page: Page, deployment: Deployment
 ) -> None:
     """The fallback travels the same proxied WebSocket."""
     await page.goto(deployment.url(f"/cam/?token={TOKEN}&mode=jpeg"))
-    view = await _view_until(
-        page, 'v.mode === "JPEG" && v.state === "playing" && v.framesDrawn > 20', 20,
-        "JPEG pictures through nginx",
+    view = await view_until(
+        page, 'v.mode === "JPEG" && v.state === "playing" && v.framesDrawn > 20',
+        timeout_s=20, what=f"JPEG pictures through {deployment.proxy}",
     )  # fmt: skip
     assert view["error"] == ""
 
@@ -264,13 +314,14 @@ async def test_a_peercam_that_does_not_trust_its_proxy_says_so_on_the_page(
     socket, and the overlay now says why and what to change."""
     await page.goto(deployment.url(f"/cam/?token={TOKEN}", port=deployment.untrusted_port))
     origin = f"https://127.0.0.1:{deployment.untrusted_port}"
-    view = await _view_until(
-        page, 'v.overlay.includes("--trusted-proxy")', 15, "the refusal in the overlay"
-    )
+    view = await view_until(
+        page, 'v.overlay.includes("--trusted-proxy")', timeout_s=15,
+        what="the refusal in the overlay",
+    )  # fmt: skip
     assert origin in view["overlay"]
     assert view["mode"] == "—"  # no config came: nothing started
     cookies = await page.context.cookies()
-    assert [c["secure"] for c in cookies] == [False]  # nginx's https was not believed
+    assert [c["secure"] for c in cookies] == [False]  # the proxy's https was not believed
 
 
 @pytest.mark.browser
@@ -308,11 +359,12 @@ def _latency_ms(arrived: float, jpeg: bytes) -> float:
     return arrived * 1000 - captured
 
 
-async def test_mjpeg_is_live_through_nginx(deployment: Deployment) -> None:
+async def test_mjpeg_is_live_through_the_proxy(deployment: Deployment) -> None:
     """VLC and <img> through the proxy; each picture arrives when it is made, not one late.
 
-    At 4 fps a picture held in nginx's buffers until the next one is >= 250 ms late: the
-    site without ``proxy_buffering off`` relies on peercam's ``X-Accel-Buffering: no``.
+    At 4 fps a picture held in the proxy's buffers until the next one is >= 250 ms late.
+    nginx's site without ``proxy_buffering off`` relies on peercam's ``X-Accel-Buffering: no``;
+    Caddy's on ``flush_interval -1``.
     """
     parts = await _mjpeg_parts(deployment.url(f"/cam/stream.mjpg?token={TOKEN}"), 20)
     assert all(_latency_ms(*part) < 5000 for part in parts)
@@ -338,7 +390,7 @@ async def _jpeg_viewer(url: str, source: str, pictures: int) -> int:
         return received
 
 
-async def test_thirty_viewers_through_nginx_are_all_served(deployment: Deployment) -> None:
+async def test_thirty_viewers_through_the_proxy_are_all_served(deployment: Deployment) -> None:
     """Behind the proxy every viewer is 127.0.0.1 to the socket: with the forwarded address
     each counts alone (the cap is 2 per client), so 30 viewers are all served."""
     url = deployment.url(f"/cam/ws?token={TOKEN}", scheme="wss")
@@ -347,11 +399,11 @@ async def test_thirty_viewers_through_nginx_are_all_served(deployment: Deploymen
     assert served == [10] * VIEWERS
 
 
-async def test_one_client_behind_nginx_cannot_take_everyones_slots(
+async def test_one_client_behind_the_proxy_cannot_take_everyones_slots(
     deployment: Deployment,
 ) -> None:
     """The per-client cap still holds behind the proxy, and a made-up X-Forwarded-For
-    (nginx appends the real address) does not get around it."""
+    (the proxy appends or replaces it with the real address) does not get around it."""
     url = deployment.url(f"/cam/ws?token={TOKEN}", scheme="wss")
     connector = aiohttp.TCPConnector(local_addr=("127.0.0.77", 0), ssl=False, limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -380,4 +432,14 @@ async def test_the_documented_nginx_config_is_the_tested_one() -> None:
     location = location[: location.index("\n    }\n") + 6]
     assert "proxy_set_header X-Forwarded-Host $http_host;" in location
     assert location in (ROOT / "README.md").read_text()
+    assert site in (ROOT / "docs" / "deploy.md").read_text()
+
+
+async def test_the_documented_caddyfile_is_the_tested_one() -> None:
+    """README and docs/deploy.md show exactly the Caddyfile this module runs."""
+    site = CADDY_SITE.read_text()
+    block = site[site.index("\thandle_path /cam/* {") :]
+    block = block[: block.index("\n\t}\n") + 3]
+    assert "flush_interval -1" in block
+    assert block in (ROOT / "README.md").read_text()
     assert site in (ROOT / "docs" / "deploy.md").read_text()
