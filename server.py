@@ -26,7 +26,7 @@ from signaling.config import DEFAULT_TURN_TTL, Config
 from signaling.listener import serve
 from signaling.proxy import parse_network
 from signaling.security import generate_token, normalize_host, normalize_origin
-from webrtc.encoders import Codec
+from webrtc.encoders import Codec, select_h264_encoder
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, PortRange, TurnSecret
 from webrtc.ladder import LadderSpec
@@ -147,6 +147,27 @@ def _parser() -> argparse.ArgumentParser:
         choices=["shared", "per-viewer"],
         default="shared",
         help="per-viewer: aiortc encodes for each viewer (only to measure what sharing saves)",
+    )
+    p.add_argument(
+        "--passthrough",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: an H.264 camera (rtsp://, or --input-format h264) goes to WebRTC viewers "
+        "as it is, no decode, no encode (B-frames, H.265 or an odd profile: transcoded); "
+        "off: always decode and encode",
+    )
+    p.add_argument(
+        "--video-encoder",
+        default="auto",
+        metavar="auto|libx264|h264_v4l2m2m|h264_nvenc|h264_qsv|h264_vaapi|…",
+        help="FFmpeg's H.264 encoder; auto: the first hardware encoder that passes a test "
+        "encode at start, else libx264",
+    )
+    p.add_argument(
+        "--input-format",
+        choices=["mjpeg", "h264"],
+        help="what a V4L2 camera is asked for (default: MJPG when it offers it); h264: its "
+        "H.264 is passed through",
     )
     p.add_argument(
         "--token",
@@ -324,6 +345,9 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             connect_timeout=args.connect_timeout,
             webrtc=not args.no_webrtc,
             per_viewer_encoding=args.encoder == "per-viewer",
+            passthrough=args.passthrough == "auto",
+            video_encoder=select_h264_encoder(args.video_encoder),
+            input_format=args.input_format,
             jpeg_quality=args.jpeg_quality,
         )
     except (ValueError, SourceError) as exc:
@@ -397,8 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         source = open_source(
-            config.source, width=config.width, height=config.height, fps=config.fps
-        )
+            config.source, width=config.width, height=config.height, fps=config.fps,
+            passthrough=config.passthrough, input_format=config.input_format,
+        )  # fmt: skip
     except SourceError as exc:
         logger.error("%s", exc)
         return 2

@@ -8,6 +8,9 @@ source "$(dirname "$0")/bootstrap.sh"
 cd "$ROOT"
 
 apt_install chromium coturn nftables nginx caddy firefox-esr webkit2gtk-driver xvfb
+# The RTSP camera of the pass-through tests (tests/rtsp_server.py, run by the system python3).
+apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
 ensure_venv test
 npm_install "$ROOT/tests/whep"  # the WHEP players (whip-whep, Eyevinn's), bundled by the test
 npm_install "$ROOT/tests/firefox"  # puppeteer-core

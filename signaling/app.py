@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 
 from webrtc.encoders import make_encoder_pool
 from webrtc.jpeg import make_jpeg_pool
+from webrtc.passthrough import StreamSource
 from webrtc.peers import PeerManager
 from webrtc.sources import Source, open_source
 
@@ -48,9 +49,13 @@ def create_app(config: Config, *, source: Source | None = None) -> web.Applicati
     """
     if source is None:
         source = open_source(
-            config.source, width=config.width, height=config.height, fps=config.fps
-        )
-    encoders = make_encoder_pool(source.frames, fps=source.fps, bitrate=config.bitrate)
+            config.source, width=config.width, height=config.height, fps=config.fps,
+            passthrough=config.passthrough, input_format=config.input_format,
+        )  # fmt: skip
+    encoders = make_encoder_pool(
+        source.frames, fps=source.fps, bitrate=config.bitrate, h264_encoder=config.video_encoder,
+        feed=source.feed if isinstance(source, StreamSource) else None,
+    )  # fmt: skip
     service = Service(
         config=config,
         source=source,

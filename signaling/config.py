@@ -73,6 +73,12 @@ class Config:
     #: not even loopback): see ``signaling/proxy.py``.
     trusted_proxies: tuple[Network, ...] = ()
     per_viewer_encoding: bool = False
+    #: Pass a camera's H.264 through to WebRTC viewers where it can be (``--passthrough``).
+    passthrough: bool = True
+    #: The FFmpeg H.264 encoder (``--video-encoder``, resolved at start: never "auto" here).
+    video_encoder: str = "libx264"
+    #: What a V4L2 camera is asked for (``--input-format``); "h264" reads it with PyAV.
+    input_format: str | None = None
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
 
@@ -121,6 +127,8 @@ class Config:
             raise ValueError(f"--max-viewers {self.max_viewers}: must be at least 1")
         if self.connect_timeout <= 0:
             raise ValueError("the connect timeout must be positive")
+        if self.input_format not in (None, "mjpeg", "h264"):
+            raise ValueError(f"--input-format {self.input_format}: must be mjpeg or h264")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
 

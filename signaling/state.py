@@ -59,6 +59,8 @@ class Service:
                 str(key): running[key].stats() | {"viewers": self.encoders.users(key)}
                 for key in running
             },
+            "videoEncoder": self.config.video_encoder,
+            "passthroughStarted": self.encoders.passthrough_started,
             "encodersStarted": {
                 str(codec): sum(n for key, n in self.encoders.started.items() if key.codec is codec)
                 for codec in Codec

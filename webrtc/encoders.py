@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import av
 import cv2
@@ -45,6 +45,12 @@ TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 RING_SECONDS = 1.0
 KEYFRAME_MIN_INTERVAL = 0.5  # at most one forced IDR per this many seconds: an IDR goes to all
 KEYFRAME_INTERVAL = 5.0  # a periodic keyframe bounds recovery when a keyframe request is lost
+SOFTWARE_H264 = "libx264"
+#: What ``--video-encoder auto`` tries, in order: hardware first, software last.
+H264_ENCODERS = (
+    "h264_nvenc", "h264_qsv", "h264_amf", "h264_vaapi", "h264_v4l2m2m", "h264_rkmpp",
+    SOFTWARE_H264,
+)  # fmt: skip
 
 
 if TYPE_CHECKING:
@@ -152,12 +158,15 @@ class SharedEncoder(FrameWorker["Packet | None"]):
     def __init__(
         self, key: VideoKey | Codec, frames: Latest[CapturedFrame], *, fps: float,
         bitrate: int | None = None, epoch: float | None = None,
+        h264_encoder: str = SOFTWARE_H264,
     ) -> None:  # fmt: skip
         """``fps`` is the source's rate; ``epoch`` (``time.monotonic()``) the capture-clock
         origin of presentation times, shared by every rung of a ladder so that a viewer moving
-        between them sees continuous timestamps."""
+        between them sees continuous timestamps; ``h264_encoder`` the FFmpeg encoder H.264
+        keys use (:func:`select_h264_encoder`)."""
         self.key = key if isinstance(key, VideoKey) else VideoKey(key)
         self.codec = self.key.codec
+        self.encoder_name = "libvpx" if self.codec is Codec.VP8 else h264_encoder
         super().__init__(frames, f"encoder-{self.key}")
         self._fps = max(1.0, min(self.key.fps or fps, fps))
         self._bitrate = self.key.bitrate or bitrate
@@ -176,6 +185,9 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         self.frames_encoded = 0
         self.keyframes = 0
         self.forced_keyframes = 0
+
+    #: False for a pass-through stream, which stands in for an encoder but encodes nothing.
+    encodes = True
 
     # -- the worker's steps ----------------------------------------------------------------
 
@@ -226,8 +238,14 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         rungs together must cost well under two full-size encoders."""
         fps = max(1, round(self._fps))
         bitrate = self._bitrate or default_bitrate(width, height, self._fps)
-        name = "libvpx" if self.codec is Codec.VP8 else "libx264"
-        context = CodecContext.create(name, "w")
+        if self.encoder_name not in ("libvpx", SOFTWARE_H264):
+            hardware = open_h264_encoder(self.encoder_name, width, height, fps, bitrate)
+            logger.info(
+                "encoder %s opened (%s): %dx%d@%d, %d kbit/s",
+                self.key, self.encoder_name, width, height, fps, bitrate // 1000,
+            )  # fmt: skip
+            return hardware
+        context = CodecContext.create(self.encoder_name, "w")
         assert isinstance(context, VideoCodecContext)
         context.width = width
         context.height = height
@@ -392,26 +410,187 @@ class SharedEncoder(FrameWorker["Packet | None"]):
             "fps": self._fps,
             "size": f"{self._size[0]}x{self._size[1]}" if self._size else "",
             "running": not self._closed,
+            "encoder": self.encoder_name,
             "framesEncoded": self.frames_encoded,
             "keyframes": self.keyframes,
             "forcedKeyframes": self.forced_keyframes,
         }
 
 
-EncoderPool = Pool[VideoKey, SharedEncoder]
+class EncodedFeed(Protocol):
+    """Already-encoded H.264 of a source (a camera passed through, :mod:`webrtc.passthrough`)
+    that can stand in for a shared encoder."""
+
+    @property
+    def epoch(self) -> float:
+        """The ``time.monotonic()`` origin of its presentation times."""
+
+    def serves(self, key: VideoKey) -> bool:
+        """Whether it can feed ``key``'s viewers now (H.264, full size and rate)."""
+
+    def open_stream(self, key: VideoKey) -> SharedEncoder:
+        """A reader of the feed with a shared encoder's interface, for the pool."""
+
+
+class EncoderPool(Pool[VideoKey, SharedEncoder]):
+    """Shared video encoders of one source, and its pass-through stream where there is one.
+
+    ``started`` counts encoders only (a pass-through stream encodes nothing);
+    ``passthrough_started`` counts the pass-through streams.
+    """
+
+    def __init__(
+        self, factory: Callable[[VideoKey], SharedEncoder], feed: EncodedFeed | None = None
+    ) -> None:
+        super().__init__(factory, "shared video encoder")
+        self.feed = feed
+        self.passthrough_started = 0
+
+    @property
+    def preferred_codec(self) -> Codec | None:
+        """H.264 while the source passes through: whoever offers it costs no encode."""
+        return (
+            Codec.H264 if self.feed is not None and self.feed.serves(VideoKey(Codec.H264)) else None
+        )
+
+    def acquire(self, key: VideoKey) -> SharedEncoder:
+        before = self.started[key]
+        worker = super().acquire(key)
+        if self.started[key] != before and not worker.encodes:
+            self.started[key] -= 1
+            self.passthrough_started += 1
+        return worker
 
 
 def make_encoder_pool(
-    frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None
-) -> EncoderPool:
+    frames: Latest[CapturedFrame], *, fps: float, bitrate: int | None,
+    h264_encoder: str = SOFTWARE_H264, feed: EncodedFeed | None = None,
+) -> EncoderPool:  # fmt: skip
     """Shared video encoders of one source: one per codec and rung, while it has viewers.
 
-    Every encoder of the pool stamps times from one epoch (the pool's creation), so a viewer can
-    move between rungs without a break in its timestamps.
+    Every encoder of the pool stamps times from one epoch (the pool's creation, or the feed's),
+    so a viewer can move between rungs without a break in its timestamps. With a ``feed``, the
+    keys it serves get its stream instead of an encoder.
     """
-    epoch = time.monotonic()
+    epoch = feed.epoch if feed is not None else time.monotonic()
 
     def factory(key: VideoKey) -> SharedEncoder:
-        return SharedEncoder(key, frames, fps=fps, bitrate=bitrate, epoch=epoch)
+        if feed is not None and feed.serves(key):
+            return feed.open_stream(key)
+        return SharedEncoder(
+            key, frames, fps=fps, bitrate=bitrate, epoch=epoch, h264_encoder=h264_encoder
+        )
 
-    return Pool(factory, "shared video encoder")
+    return EncoderPool(factory, feed)
+
+
+# -- choosing the H.264 encoder (--video-encoder) ------------------------------------------------
+
+#: Options per hardware encoder: no B-frames, low latency, (constrained) baseline.
+_HW_OPTIONS: dict[str, dict[str, str]] = {
+    "h264_nvenc": {"preset": "p2", "tune": "ll", "zerolatency": "1", "profile": "baseline"},
+    "h264_qsv": {"preset": "veryfast", "profile": "baseline", "look_ahead": "0"},
+    "h264_amf": {"usage": "ultralowlatency", "profile": "constrained_baseline"},
+    "h264_vaapi": {"profile": "constrained_baseline"},
+    "h264_v4l2m2m": {},
+    "h264_rkmpp": {"profile": "baseline"},
+}
+
+
+def open_h264_encoder(
+    name: str, width: int, height: int, fps: int, bitrate: int
+) -> VideoCodecContext:
+    """Open FFmpeg's encoder ``name`` for peercam's stream: no B-frames, a fixed GOP of
+    ``KEYFRAME_INTERVAL``, baseline profile where the encoder takes one, in-band SPS/PPS.
+
+    Raises:
+        av.FFmpegError, ValueError: the encoder does not open here (no device, no driver).
+    """
+    context = CodecContext.create(name, "w")
+    if not isinstance(context, VideoCodecContext):
+        raise ValueError(f"{name} is not a video encoder")
+    context.width = width
+    context.height = height
+    context.pix_fmt = "nv12" if name in ("h264_qsv", "h264_vaapi") else "yuv420p"
+    context.time_base = fractions.Fraction(1, fps)
+    context.framerate = fractions.Fraction(fps, 1)
+    context.bit_rate = bitrate
+    context.gop_size = max(1, round(KEYFRAME_INTERVAL * fps))
+    context.max_b_frames = 0
+    context.options = {"bf": "0", "g": str(context.gop_size)} | _HW_OPTIONS.get(name, {})
+    context.open()
+    return context
+
+
+def trial_encode(name: str, width: int = 320, height: int = 240, fps: int = 30) -> str | None:
+    """Encode one second of pictures with ``name``; None if it works, else why not.
+
+    Blocking (it may wait on a device): call at start or off the event loop.
+    """
+    try:
+        if name == SOFTWARE_H264:
+            context = SharedEncoder(Codec.H264, Latest(), fps=fps)._open(width, height)
+        else:
+            context = open_h264_encoder(name, width, height, fps, 500_000)
+        packets = 0
+        for i in range(fps):
+            picture = av.VideoFrame(width, height, "yuv420p")
+            for plane in picture.planes:
+                plane.update(bytes([(i * 8) % 256]) * plane.buffer_size)
+            if context.pix_fmt != "yuv420p":
+                picture = picture.reformat(format=context.pix_fmt)
+            picture.pts = i
+            packets += len(context.encode(picture))
+        packets += len(context.encode(None))
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None if packets else "it produced no packets"
+
+
+def select_h264_encoder(requested: str) -> str:
+    """The H.264 encoder for ``--video-encoder``: ``auto`` tries each of ``H264_ENCODERS`` this
+    PyAV build has with a one-second test encode and takes the first that works (libx264 last);
+    a name given is checked the same way.
+
+    Blocking (test encodes): call at start, before the event loop runs.
+
+    Raises:
+        ValueError: the named encoder is unknown, not H.264, or does not work here.
+    """
+    available = av.codecs_available
+    if requested != "auto":
+        if requested not in available:
+            raise ValueError(
+                f"--video-encoder {requested}: this PyAV build has no such encoder "
+                f"(H.264 encoders here: {', '.join(n for n in H264_ENCODERS if n in available)})"
+            )
+        try:
+            codec = av.Codec(requested, "w")
+        except (av.FFmpegError, ValueError):
+            raise ValueError(f"--video-encoder {requested}: not an encoder") from None
+        if codec.id != av.Codec("h264", "r").id:
+            raise ValueError(f"--video-encoder {requested}: not an H.264 encoder")
+        requested = codec.name  # "h264" names FFmpeg's default H.264 encoder
+        failure = trial_encode(requested)
+        if failure is not None:
+            raise ValueError(f"--video-encoder {requested} does not work here: {failure}")
+        logger.info("video encoder %s (as asked)", requested)
+        return requested
+    tried: list[str] = []
+    for name in H264_ENCODERS:
+        if name not in available:
+            continue
+        failure = trial_encode(name)
+        if failure is None:
+            if tried:
+                logger.info(
+                    "video encoder %s (%s)", name,
+                    "software: no hardware encoder works here, tried " + ", ".join(tried)
+                    if name == SOFTWARE_H264 else "hardware",
+                )  # fmt: skip
+            else:
+                logger.info("video encoder %s", name)
+            return name
+        logger.debug("video encoder %s does not work: %s", name, failure)
+        tried.append(name)
+    raise ValueError("no H.264 encoder works here (tried " + ", ".join(tried) + ")")

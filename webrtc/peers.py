@@ -257,8 +257,10 @@ class Peer:
             raise NegotiationError("invalid-sdp", f"the offer does not parse: {exc}") from exc
         if not any(m.kind == "video" for m in parsed.media):
             raise NegotiationError("invalid-sdp", "the offer has no video section")
+        # A passed-through source's H.264 costs no encode: it wins whenever it is offered.
+        prefer_h264 = hints.prefer_h264 or self._manager.encoders.preferred_codec is Codec.H264
         preferences = _codec_preferences(
-            parsed, self._manager.settings.codecs, prefer_h264=hints.prefer_h264
+            parsed, self._manager.settings.codecs, prefer_h264=prefer_h264
         )
         if not any(p.mimeType.lower() != "video/rtx" for p in preferences):
             allowed = ", ".join(c.mime_type for c in self._manager.settings.codecs)

@@ -418,11 +418,15 @@ def open_source(
     width: int | None = None,
     height: int | None = None,
     fps: float | None = None,
+    passthrough: bool = True,
+    input_format: str | None = None,
 ) -> Source:
     """Make the source a spec names, opening devices now (blocking: call before serving).
 
     ``auto`` takes the first ``/dev/video*`` that opens and delivers a frame, otherwise the
-    test pattern; the log says which.
+    test pattern; the log says which. ``rtsp://`` URLs (unless ``passthrough`` is off) and
+    cameras with ``input_format="h264"`` are read with PyAV's demuxer and their H.264 passed
+    through where it can be (:mod:`webrtc.passthrough`).
 
     Raises:
         SourceError: the source cannot be opened.
@@ -442,6 +446,17 @@ def open_source(
         return TestPatternSource(width or 640, height or 480, fps or 30.0)
     if spec.kind == "test":
         return TestPatternSource(width or 640, height or 480, fps or 30.0)
+    rtsp = spec.kind == "url" and str(spec.target).lower().startswith(("rtsp://", "rtsps://"))
+    if (rtsp and passthrough) or (spec.kind == "camera" and input_format == "h264"):
+        from .passthrough import StreamSource  # it builds on this module
+
+        kind: Literal["camera", "url"] = "camera" if spec.kind == "camera" else "url"
+        stream = StreamSource(
+            kind, spec.target, passthrough=passthrough, input_format=input_format,
+            width=width, height=height, fps=fps,
+        )  # fmt: skip
+        stream.open()
+        return stream
     source = CaptureSource(spec.kind, spec.target, width=width, height=height, fps=fps)
     source.open()
     return source
