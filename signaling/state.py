@@ -15,6 +15,7 @@ from aiohttp import web
 
 from webrtc.encoders import Codec, EncoderPool
 from webrtc.jpeg import JpegPool
+from webrtc.passthrough import StreamSource
 from webrtc.peers import PeerManager
 from webrtc.sources import Source
 
@@ -59,7 +60,7 @@ class Service:
                 str(key): running[key].stats() | {"viewers": self.encoders.users(key)}
                 for key in running
             },
-            "videoEncoder": self.config.video_encoder,
+            "video": self._video_status(),
             "passthroughStarted": self.encoders.passthrough_started,
             "encodersStarted": {
                 str(codec): sum(n for key, n in self.encoders.started.items() if key.codec is codec)
@@ -79,6 +80,23 @@ class Service:
             "fallbacks": dict(self.fallbacks),
             "loopLagMs": self.loop_lag.summary(),
             "process": _process_status(),
+        }
+
+    def _video_status(self) -> dict[str, object]:
+        """Whether the source's H.264 goes to viewers as it is, why not, and what encodes."""
+        source = self.source
+        passing = isinstance(source, StreamSource) and source.passes_through
+        if isinstance(source, StreamSource):
+            reason = source.reason
+        elif not self.config.passthrough:
+            reason = "--passthrough off"
+        else:
+            reason = f"{source.kind} source: pictures, not H.264"
+        return {
+            "passthrough": passing,
+            "passthroughReason": None if passing else reason,
+            "encoder": self.config.video_encoder,
+            "h264TopRung": "passthrough" if passing else self.config.video_encoder,
         }
 
     def _ladder_status(self) -> list[str]:

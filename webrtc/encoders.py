@@ -313,6 +313,8 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         else:  # a lower rung, or 720p for iOS: scaled once for all its viewers
             i420 = scale_i420(frame.i420, frame.width, frame.height, width, height)
         picture = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+        if context.pix_fmt != "yuv420p":  # a hardware encoder that takes NV12
+            picture = picture.reformat(format=context.pix_fmt)
         picture.pts = self._frame_count
         self._frame_count += 1
         picture.pict_type = (
