@@ -23,8 +23,11 @@ class RtspCamera:
     """``async with RtspCamera() as camera``: serves ``camera.url("h264")`` until the block ends;
     :meth:`stop` and :meth:`start` take it away and bring it back on the same port."""
 
-    def __init__(self, gop_seconds: float = 4.0, port: int | None = None) -> None:
+    def __init__(
+        self, gop_seconds: float = 4.0, port: int | None = None, size: str = "640x480"
+    ) -> None:
         self.gop_seconds = gop_seconds
+        self.size = size
         self.port = port or free_port()
         self._process: asyncio.subprocess.Process | None = None
 
@@ -33,7 +36,7 @@ class RtspCamera:
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
-            SYSTEM_PYTHON, str(SERVER), str(self.port), str(self.gop_seconds),
+            SYSTEM_PYTHON, str(SERVER), str(self.port), str(self.gop_seconds), self.size,
             stdout=asyncio.subprocess.PIPE, stderr=sys.stderr,
         )  # fmt: skip
         assert self._process.stdout is not None

@@ -2,11 +2,12 @@
 
 Run with the system interpreter (the venv cannot import ``gi``)::
 
-    /usr/bin/python3 tests/rtsp_server.py PORT [GOP_SECONDS]
+    /usr/bin/python3 tests/rtsp_server.py PORT [GOP_SECONDS [WIDTHxHEIGHT]]
 
-Serves, each as one shared live stream, a 640x480@30 test pattern (a sweeping square) with
-peercam's capture-time bar (:mod:`webrtc.timebar`, redrawn here without numpy) stamped into
-every picture *before* encoding, so a viewer that decodes the bar reads the camera's own time:
+Serves, each as one shared live stream, a 640x480@30 (or WIDTHxHEIGHT) test pattern (a sweeping
+square) with peercam's capture-time bar (:mod:`webrtc.timebar`, redrawn here without numpy)
+stamped into every picture *before* encoding, so a viewer that decodes the bar reads the
+camera's own time:
 
 - ``/h264``: H.264 constrained baseline, one IDR every GOP_SECONDS (default 4), no B-frames;
 - ``/bframes``: H.264 main profile with B-frames;
@@ -27,16 +28,21 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # type: ignore[import-not-found]  # noqa: E402
 
-WIDTH, HEIGHT, FPS = 640, 480, 30
+FPS = 30
 BITS = 64
+if len(sys.argv) > 3:
+    WIDTH, HEIGHT = (int(n) for n in sys.argv[3].split("x"))
+else:
+    WIDTH, HEIGHT = 640, 480
 BLOCK = max(4, WIDTH // 80)
+KBITS = max(1000, WIDTH * HEIGHT * FPS // 10_000)  # ~0.1 bit per pixel
 
 ENCODERS = {
     "h264": "x264enc tune=zerolatency speed-preset=ultrafast bframes=0 key-int-max={gop} "
-    "bitrate=1500 ! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96",
+    "bitrate={kbits} ! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96",
     "bframes": "x264enc speed-preset=ultrafast bframes=2 b-adapt=false key-int-max=30 "
-    "bitrate=1500 ! video/x-h264,profile=main ! rtph264pay name=pay0 pt=96",
-    "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
+    "bitrate={kbits} ! video/x-h264,profile=main ! rtph264pay name=pay0 pt=96",
+    "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate={kbits} "
     "! rtph265pay name=pay0 pt=96",
 }
 
@@ -120,7 +126,7 @@ def main() -> None:
     server.set_service(port)
     mounts = server.get_mount_points()
     for name, encoder in ENCODERS.items():
-        mounts.add_factory(f"/{name}", Factory(encoder.format(gop=gop)))
+        mounts.add_factory(f"/{name}", Factory(encoder.format(gop=gop, kbits=KBITS)))
     if server.attach(None) == 0:
         raise SystemExit(f"cannot listen on port {port}")
     sys.stdout.write("ready\n")
