@@ -36,7 +36,7 @@ async def camera() -> AsyncIterator[RtspCamera]:
 
 
 async def serve(source: StreamSource) -> TestServer:
-    config = replace(LOOPBACK_CONFIG, source=SourceSpec("url", source.description))
+    config = replace(LOOPBACK_CONFIG, source=SourceSpec("url", str(source.target)))
     server = TestServer(create_app(config, source=source), host="127.0.0.1", port=0)
     await server.start_server()
     return server
