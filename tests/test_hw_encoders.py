@@ -16,7 +16,16 @@ from pathlib import Path
 import av
 import pytest
 
-from webrtc.encoders import H264_ENCODERS, SOFTWARE_H264, select_h264_encoder, trial_encode
+from webrtc.encoders import (
+    H264_ENCODERS,
+    SOFTWARE_H264,
+    Codec,
+    SharedEncoder,
+    has_sps,
+    select_h264_encoder,
+    trial_encode,
+)
+from webrtc.latest import Latest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Hardware encoders this PyAV build has but this machine cannot run (no GPU, no VPU here).
@@ -68,3 +77,15 @@ def test_the_server_refuses_to_start_naming_the_encoder() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--video-encoder h264_bogus" in result.stderr
+
+
+def test_sps_detection_finds_parameter_sets_in_front_of_an_idr() -> None:
+    """What decides whether a hardware encoder's IDR gets its global header's SPS/PPS."""
+    encoder = SharedEncoder(Codec.H264, Latest(), fps=30)
+    context = encoder._open(320, 240)
+    picture = av.VideoFrame(320, 240, "yuv420p")
+    picture.pts = 0
+    picture.pict_type = av.video.frame.PictureType.I
+    idr = b"".join(bytes(p) for p in context.encode(picture) + context.encode(None))
+    assert has_sps(idr)  # libx264 repeats them in-band
+    assert not has_sps(b"\x00\x00\x00\x01\x65\x88\x84")  # an IDR slice alone

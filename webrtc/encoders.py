@@ -326,6 +326,12 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         packet = packets[0] if len(packets) == 1 else av.Packet(b"".join(map(bytes, packets)))
         if len(packets) > 1:
             packet.is_keyframe = any(p.is_keyframe for p in packets)
+        if packet.is_keyframe and context.extradata and not has_sps(bytes(packet)):
+            # A hardware encoder that keeps SPS/PPS in its global header: in front of every
+            # IDR, where a viewer that joins or recovers needs them.
+            keyframe = av.Packet(bytes(context.extradata) + bytes(packet))
+            keyframe.is_keyframe = True
+            packet = keyframe
         # Presentation time from the capture clock, so the receiver plays at the real pace.
         if self._t0 is None:
             self._t0 = frame.monotonic
@@ -490,13 +496,29 @@ def make_encoder_pool(
 
 #: Options per hardware encoder: no B-frames, low latency, (constrained) baseline.
 _HW_OPTIONS: dict[str, dict[str, str]] = {
-    "h264_nvenc": {"preset": "p2", "tune": "ll", "zerolatency": "1", "profile": "baseline"},
+    "h264_nvenc": {
+        "preset": "p2",
+        "tune": "ll",
+        "zerolatency": "1",
+        "forced-idr": "1",
+        "profile": "baseline",
+    },
     "h264_qsv": {"preset": "veryfast", "profile": "baseline", "look_ahead": "0"},
     "h264_amf": {"usage": "ultralowlatency", "profile": "constrained_baseline"},
     "h264_vaapi": {"profile": "constrained_baseline"},
     "h264_v4l2m2m": {},
     "h264_rkmpp": {"profile": "baseline"},
 }
+
+
+def has_sps(data: bytes) -> bool:
+    """Whether an Annex-B access unit carries an H.264 sequence parameter set (NAL type 7)."""
+    start = data.find(b"\x00\x00\x01")
+    while 0 <= start < len(data) - 3:
+        if data[start + 3] & 0x1F == 7:
+            return True
+        start = data.find(b"\x00\x00\x01", start + 3)
+    return False
 
 
 def open_h264_encoder(
