@@ -23,6 +23,7 @@ from tests.aiortc_viewer import AiortcViewer
 from tests.browser import TIMEBAR_JS
 from tests.conftest import LOOPBACK_CONFIG, eventually, ws_url
 from tests.rtsp import RtspCamera
+from tests.test_ladder import _send_remb as send_remb
 from webrtc.passthrough import StreamSource
 from webrtc.sources import SourceSpec, open_source
 
@@ -232,4 +233,34 @@ async def test_chromium_joins_mid_gop_and_reaches_live_latency(
         assert status["encodersStarted"] == {"vp8": 0, "h264": 0}
     finally:
         await context.close()
+        await server.close()
+
+
+async def test_a_slow_viewer_moves_down_to_a_rung_encoded_from_decoded_frames(
+    camera: RtspCamera,
+) -> None:
+    """The ladder: the top H.264 rung is the camera's stream, the lower ones are encoded from
+    the on-demand decoder; the viewer's picture keeps decoding across the switch."""
+    source = await open_stream(camera.url("h264"))
+    server = await serve(source)
+    service = server.app[Service.KEY]
+    viewer = AiortcViewer(ws_url(server), codec="h264")
+    try:
+        await viewer.connect()
+        await viewer.wait_frames(20, timeout=15)
+        assert service.status()["encodersStarted"] == {"vp8": 0, "h264": 0}
+        await send_remb(viewer, 2_000_000)
+        await send_remb(viewer, 150_000)  # a drop: the receiver saw its queue grow
+        await eventually(lambda: len(viewer.received.sizes) > 1, timeout=15)
+        frames = viewer.received.frames
+        await viewer.wait_frames(frames + 10, timeout=10)  # decoding goes on after the switch
+        assert viewer.received.sizes[-1][1] < 480  # a lower rung
+        assert viewer.received.last_luma > 90  # the camera's picture, not a broken frame
+        assert source.frames.decoding  # its frames come from the on-demand decoder
+        started = service.status()["encodersStarted"]
+        assert isinstance(started, dict)
+        assert started["h264"] >= 1
+        assert started["vp8"] == 0
+    finally:
+        await viewer.close()
         await server.close()
