@@ -232,7 +232,9 @@ class SharedEncoder(FrameWorker["Packet | None"]):
 
     # -- encoding (on the encoder's thread) ---------------------------------------------------
 
-    def _open(self, width: int, height: int, *, lean: bool = False) -> VideoCodecContext:
+    def _open(
+        self, width: int, height: int, *, lean: bool = False, log: bool = True
+    ) -> VideoCodecContext:
         """``lean``: a scaled (lower) rung, encoded with faster settings: its viewers are on
         slow links, where frames that come are worth more than their finest detail, and all
         rungs together must cost well under two full-size encoders."""
@@ -290,7 +292,7 @@ class SharedEncoder(FrameWorker["Packet | None"]):
                 "forced-idr": "1",
             }
         context.open()
-        logger.info(
+        (logger.info if log else logger.debug)(
             "encoder %s opened: %dx%d@%d, %d kbit/s",
             self.key,
             width,
@@ -553,7 +555,8 @@ def trial_encode(name: str, width: int = 320, height: int = 240, fps: int = 30) 
     """
     try:
         if name == SOFTWARE_H264:
-            context = SharedEncoder(Codec.H264, Latest(), fps=fps)._open(width, height)
+            encoder = SharedEncoder(Codec.H264, Latest(), fps=fps)
+            context = encoder._open(width, height, log=False)
         else:
             context = open_h264_encoder(name, width, height, fps, 500_000)
         packets = 0
