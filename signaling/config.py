@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from webrtc.encoders import Codec
@@ -20,6 +21,45 @@ DEFAULT_TURN_TTL = 600
 SHORT_LIVED_PER_CLIENT = 8
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: A camera's name: its routes live under ``/cam/NAME/``.
+CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+#: The name of the one camera a bare ``--source SPEC`` makes.
+DEFAULT_CAMERA = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    """One camera: its source and what it is captured and encoded at.
+
+    ``None`` in codecs, bitrate and ladder means "the server's" (the global flags); a
+    :class:`Config` resolves them (:meth:`Config.camera`), so a camera's app sees values only.
+    """
+
+    name: str = DEFAULT_CAMERA
+    source: SourceSpec = field(default_factory=lambda: SourceSpec("auto"))
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    codecs: tuple[Codec, ...] | None = None
+    bitrate: int | None = None
+    ladder: LadderSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not CAMERA_NAME.fullmatch(self.name) or len(self.name) > 64:
+            raise ValueError(
+                f"camera name {self.name!r}: lower-case letters, digits, '-' and '_' "
+                "(starting with a letter or digit, at most 64)"
+            )
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not 16 <= value <= 7680:
+                raise ValueError(f"--{name} {value}: must be 16-7680")
+        if self.fps is not None and not 0 < self.fps <= 120:
+            raise ValueError(f"--fps {self.fps}: must be > 0 and <= 120")
+        if self.bitrate is not None and not 50_000 <= self.bitrate <= 50_000_000:
+            raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
+        if self.codecs is not None and not self.codecs:
+            raise ValueError("at least one codec is needed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +71,10 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 9000
-    source: SourceSpec = field(default_factory=lambda: SourceSpec("auto"))
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
+    #: The cameras, the default one (today's root routes) first; every camera also has its
+    #: routes under /cam/NAME/.
+    cameras: tuple[CameraConfig, ...] = (CameraConfig(),)
+    #: The server's codecs, bitrate and ladder: a camera's own values replace them.
     codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
     bitrate: int | None = None
     ladder: LadderSpec = field(default_factory=LadderSpec)
@@ -79,12 +119,11 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: must be 0-65535")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and not 16 <= value <= 7680:
-                raise ValueError(f"--{name} {value}: must be 16-7680")
-        if self.fps is not None and not 0 < self.fps <= 120:
-            raise ValueError(f"--fps {self.fps}: must be > 0 and <= 120")
+        if not self.cameras:
+            raise ValueError("at least one camera is needed")
+        names = [camera.name for camera in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must differ: {', '.join(names)}")
         if self.bitrate is not None and not 50_000 <= self.bitrate <= 50_000_000:
             raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
         if not self.codecs:
@@ -125,13 +164,34 @@ class Config:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
 
     @property
+    def default_camera(self) -> CameraConfig:
+        """The camera today's root routes (/ws, /snapshot.jpg, …) serve: the first one."""
+        return self.camera(self.cameras[0].name)
+
+    def camera(self, name: str) -> CameraConfig:
+        """Camera ``name`` with the server's codecs, bitrate and ladder where it has none.
+
+        Raises:
+            KeyError: no camera has that name.
+        """
+        for camera in self.cameras:
+            if camera.name == name:
+                return replace(
+                    camera,
+                    codecs=camera.codecs or self.codecs,
+                    bitrate=camera.bitrate if camera.bitrate is not None else self.bitrate,
+                    ladder=camera.ladder or self.ladder,
+                )
+        raise KeyError(name)
+
+    @property
     def connections_per_client(self) -> int:
         """TCP connections one client may hold: its long-lived ones and a page's worth."""
         return self.max_per_address + SHORT_LIVED_PER_CLIENT
 
-    def webrtc_settings(self) -> WebRtcSettings:
+    def webrtc_settings(self, camera: CameraConfig | None = None) -> WebRtcSettings:
         return WebRtcSettings(
-            codecs=self.codecs,
+            codecs=(camera.codecs if camera else None) or self.codecs,
             ice_servers=self.ice_servers,
             turn_secret=self.turn_secret,
             ice_addresses=self.ice_addresses,

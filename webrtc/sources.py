@@ -241,7 +241,7 @@ class CaptureSource(Source):
         self._capture: CaptureDevice | None = None
         self._lost_at: float | None = None
         self._size = (width or 640, height or 480)
-        name = f"camera {target}" if kind == "camera" else f"{kind} {target}"
+        name = f"camera {target}" if kind == "camera" else f"{kind} {redact_url(str(target))}"
         super().__init__(name, fps or 30.0)
 
     def open(self) -> None:
@@ -405,6 +405,12 @@ def no_signal_picture(
     return image
 
 
+def redact_url(text: str) -> str:
+    """``rtsp://user:secret@host/x`` → ``rtsp://user:***@host/x``: descriptions are logged and
+    shown in /api/status, and a stream URL's password must not be."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", text)
+
+
 def _video_devices() -> list[str]:
     def number(path: str) -> int:
         return int(re.sub(r"\D", "", path) or 0)
@@ -418,14 +424,17 @@ def open_source(
     width: int | None = None,
     height: int | None = None,
     fps: float | None = None,
+    retry: bool = False,
 ) -> Source:
     """Make the source a spec names, opening devices now (blocking: call before serving).
 
     ``auto`` takes the first ``/dev/video*`` that opens and delivers a frame, otherwise the
-    test pattern; the log says which.
+    test pattern; the log says which. With ``retry``, a camera, file or stream that cannot be
+    opened now is returned all the same: once started it shows "no signal" and keeps trying
+    (a camera plugged in later, an RTSP server that comes up).
 
     Raises:
-        SourceError: the source cannot be opened.
+        SourceError: the source cannot be opened (never with ``retry``).
     """
     if spec.kind == "auto":
         for device in _video_devices():
@@ -443,5 +452,10 @@ def open_source(
     if spec.kind == "test":
         return TestPatternSource(width or 640, height or 480, fps or 30.0)
     source = CaptureSource(spec.kind, spec.target, width=width, height=height, fps=fps)
-    source.open()
+    try:
+        source.open()
+    except SourceError as exc:
+        if not retry:
+            raise
+        logger.warning("%s; showing 'no signal' and retrying", exc)
     return source
