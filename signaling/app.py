@@ -82,12 +82,17 @@ async def _cameras(request: web.Request) -> web.Response:
     )
 
 
-async def _to_camera_page(request: web.Request) -> web.StreamResponse:
-    """``/cam/NAME`` → ``NAME/``: the page's relative URLs need the trailing slash."""
-    name = request.match_info["name"]
-    if name not in request.app[Site.KEY].cameras:
-        raise web.HTTPNotFound(text=f"no camera {name!r}\n")
-    raise web.HTTPPermanentRedirect(location=f"{name}/")
+@web.middleware
+async def _camera_slash(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``/cam/NAME`` → ``NAME/``: the page's relative URLs need the trailing slash.
+
+    A middleware, not a route: the sub-application's prefix takes ``/cam/NAME`` before any
+    root route could. The redirect is relative, so it stays under a proxy's path prefix.
+    """
+    parts = request.path.split("/")
+    if len(parts) == 3 and parts[1] == "cam" and parts[2] in request.app[Site.KEY].cameras:
+        raise web.HTTPPermanentRedirect(location=f"{parts[2]}/")
+    return await handler(request)
 
 
 def add_camera_routes(app: web.Application) -> None:
@@ -179,7 +184,7 @@ def create_app(
         for camera in config.cameras
     }
     site = Site(config=config, cameras=services, loop_lag=loop_lag)
-    app = web.Application(middlewares=[security_middleware])
+    app = web.Application(middlewares=[_camera_slash, security_middleware])
     app[Site.KEY] = site
     app[Service.KEY] = site.default
     app[ClientLimits.KEY] = ClientLimits(config.snapshot_rate, len(services))
@@ -191,7 +196,6 @@ def create_app(
     add_camera_routes(app)  # the default camera's, at today's paths
     app.router.add_get("/capture", _page("capture.html"))
     app.router.add_get("/check", _page("check.html"))
-    app.router.add_get("/cam/{name}", _to_camera_page)
     app.router.add_static("/static/", config.static_dir, append_version=False)
     for name, service in services.items():
         app.add_subapp(f"/cam/{name}", create_camera_app(service))
