@@ -58,6 +58,7 @@ def _fake_door(camera: FakeCamera) -> CaptureSource:
 
 def _width(jpeg: bytes) -> int:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "not a JPEG"
     return int(image.shape[1])
 
 
