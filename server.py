@@ -26,7 +26,13 @@ from pythonjsonlogger.json import JsonFormatter
 
 from signaling import limits, tls
 from signaling.app import create_app, open_sources
-from signaling.config import CAMERA_NAME, DEFAULT_CAMERA, DEFAULT_TURN_TTL, CameraConfig, Config
+from signaling.config import (
+    DEFAULT_CAMERA,
+    DEFAULT_TURN_TTL,
+    CameraConfig,
+    Config,
+    split_source,
+)
 from signaling.listener import serve
 from signaling.options import CameraTable, Layered, OptionError, layered
 from signaling.proxy import parse_network
@@ -35,7 +41,7 @@ from webrtc.encoders import Codec
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, PortRange, TurnSecret
 from webrtc.ladder import LadderSpec
-from webrtc.sources import SourceSpec
+from webrtc.sources import SourceSpec, redact_url
 
 logger = logging.getLogger("peercam")
 
@@ -305,19 +311,6 @@ def _udp_ports(text: str | None) -> PortRange | None:
         raise ValueError(f"--udp-ports: {exc}") from None
 
 
-def split_source(text: str) -> tuple[str | None, str]:
-    """``NAME=SPEC`` → (NAME, SPEC); a bare SPEC → (None, SPEC).
-
-    Split at the first ``=`` only when what precedes it is a camera name: a URL's query
-    (``rtsp://u:p@h/x?a=b``) has ``:`` and ``/`` before its ``=``, which no name has; a file
-    that exists under the whole text stays a file.
-    """
-    name, sep, spec = text.partition("=")
-    if sep and CAMERA_NAME.fullmatch(name) and not os.path.isfile(text):
-        return name, spec
-    return None, text
-
-
 def _codecs(text: str) -> tuple[Codec, ...]:
     if text == "auto":
         return (Codec.VP8, Codec.H264)
@@ -479,17 +472,24 @@ def _setup_logging(level: str, form: str) -> None:
 
 
 def _describe(config: Config) -> str:
-    """``--check-config``'s output: every setting, secrets hidden."""
-    hidden = {"token", "turn_secret"}
+    """``--check-config``'s output: every setting, secrets and stream passwords hidden."""
     lines = []
     for name in Config.__dataclass_fields__:
-        value = getattr(config, name)
-        if name in hidden and value is not None:
+        value: object = getattr(config, name)
+        if name in ("token", "turn_secret") and value is not None:
             value = "(set)"
-        if name == "cameras":
-            for camera in value:
-                resolved = config.camera(camera.name)
-                lines.append(f"camera {camera.name}: {resolved.source} {resolved}")
+        elif name == "ice_servers":
+            value = [url for server in config.ice_servers for url in server.urls]
+        elif name == "cameras":
+            for camera in config.cameras:
+                c = config.camera(camera.name)
+                size = f"{c.width or '-'}x{c.height or '-'}@{c.fps or '-'}"
+                codecs = ",".join(str(codec) for codec in c.codecs or ())
+                lines.append(
+                    f"camera {c.name}: {c.source.kind} {redact_url(str(c.source.target))} "
+                    f"size {size} codecs {codecs} bitrate {c.bitrate or 'auto'} "
+                    f"ladder {c.ladder.mode if c.ladder else 'auto'}"
+                )
             continue
         lines.append(f"{name} = {value}")
     return "\n".join(lines)
@@ -509,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().handlers.clear()
     _setup_logging(args.log_level, args.log_format)
     if args.check_config:
+        logger.info("the configuration is valid: %d camera(s)", len(config.cameras))
         sys.stdout.write(_describe(config) + "\n")
         return 0
     try:

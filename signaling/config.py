@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,19 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 #: The name of the one camera a bare ``--source SPEC`` makes.
 DEFAULT_CAMERA = "default"
+
+
+def split_source(text: str) -> tuple[str | None, str]:
+    """``NAME=SPEC`` → (NAME, SPEC); a bare SPEC → (None, SPEC).
+
+    Split at the first ``=`` only when what precedes it is a camera name: a URL's query
+    (``rtsp://u:p@h/x?a=b``) has ``:`` and ``/`` before its ``=``, which no name has; a file
+    that exists under the whole text stays a file.
+    """
+    name, sep, spec = text.partition("=")
+    if sep and CAMERA_NAME.fullmatch(name) and not os.path.isfile(text):
+        return name, spec
+    return None, text
 
 
 @dataclass(frozen=True, slots=True)
