@@ -112,8 +112,9 @@ async def _view_size(page: Page, mode: str) -> list[int]:
         page,
         f"""() => {{
             const el = document.querySelector('peercam-view');
+            const video = el?.shadowRoot.querySelector('video');
             return el?.dataset.state === 'playing' && el.info.mode === '{mode}'
-                && el.info.framesDrawn > 5;
+                && ('{mode}' === 'WebRTC' ? video.videoWidth > 0 : el.info.framesDrawn > 5);
         }}""",
         timeout_s=20,
         what=f"the camera page playing {mode}",
@@ -203,7 +204,21 @@ async def test_the_wall_shows_every_camera_and_the_failing_one_as_no_signal(
         # A click on a tile opens that camera's own page, which plays it over WebRTC.
         await page.locator(".tile[data-camera=door]").click()
         await page.wait_for_url("**/cam/door/")
-        assert await _view_size(page, "WebRTC") == [320, 240]
+        width, height = await _view_size(page, "WebRTC")
+        assert width <= 320  # the door's size (or a lower rung of its ladder), 4:3
+        assert width * 3 == height * 4
+        # The door's own picture: the double's flat grey (200), not another camera's.
+        centre: list[int] = await page.evaluate(
+            """() => {
+                const v = document.querySelector('peercam-view').shadowRoot.querySelector('video');
+                const c = document.createElement('canvas');
+                c.width = v.videoWidth; c.height = v.videoHeight;
+                const g = c.getContext('2d');
+                g.drawImage(v, 0, 0);
+                return [...g.getImageData(c.width / 2, c.height * 3 / 4, 1, 1).data.slice(0, 3)];
+            }"""
+        )
+        assert all(180 <= value <= 220 for value in centre), centre
     finally:
         await context.close()
 
