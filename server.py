@@ -31,6 +31,7 @@ from signaling.config import (
     DEFAULT_TURN_TTL,
     CameraConfig,
     Config,
+    TlsConfig,
     split_source,
 )
 from signaling.listener import serve
@@ -408,6 +409,14 @@ def build_config(
             webrtc=not args.no_webrtc,
             per_viewer_encoding=args.encoder == "per-viewer",
             jpeg_quality=args.jpeg_quality,
+            tls=TlsConfig(
+                cert=args.cert,
+                key=args.key,
+                self_signed=args.tls_self_signed,
+                state_dir=args.state_dir,
+            ),
+            log_level=args.log_level,
+            log_format=args.log_format,
         )
     except (ValueError, SourceError) as exc:
         parser.error(_with_origin(str(exc), options))
@@ -423,15 +432,11 @@ def _local_addresses() -> list[str]:
     ]
 
 
-def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.tls_self_signed:
-        if args.cert or args.key:
-            raise ValueError("--tls-self-signed and --cert/--key contradict each other")
-        cert, key = tls.self_signed(args.state_dir, _local_addresses())
-    elif args.cert or args.key:
-        if not (args.cert and args.key):
-            raise ValueError("--cert and --key go together")
-        cert, key = args.cert, args.key
+def _ssl_context(config: TlsConfig) -> ssl.SSLContext | None:
+    if config.self_signed:
+        cert, key = tls.self_signed(config.state_dir, _local_addresses())
+    elif config.cert is not None and config.key is not None:
+        cert, key = config.cert, config.key
     else:
         return None
     context = tls.server_context(cert, key)
@@ -507,13 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = options.namespace()
     config = build_config(parser, options, args)
     logging.getLogger().handlers.clear()
-    _setup_logging(args.log_level, args.log_format)
+    _setup_logging(config.log_level, config.log_format)
     if args.check_config:
         logger.info("the configuration is valid: %d camera(s)", len(config.cameras))
         sys.stdout.write(_describe(config) + "\n")
         return 0
     try:
-        ssl_context = _ssl_context(args)
+        ssl_context = _ssl_context(config.tls)
     except ValueError as exc:
         parser.error(_with_origin(str(exc), options))
     if config.token is None:

@@ -76,6 +76,30 @@ class CameraConfig:
             raise ValueError("at least one codec is needed")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS: a certificate and key given, or a self-signed pair made once in ``state_dir``."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".local/state/peercam")
+
+    def __post_init__(self) -> None:
+        if self.self_signed and (self.cert or self.key):
+            raise ValueError("--tls-self-signed and --cert/--key contradict each other")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+
+    @property
+    def enabled(self) -> bool:
+        return self.self_signed or self.cert is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the server is told at start.
@@ -129,6 +153,9 @@ class Config:
     per_viewer_encoding: bool = False
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -176,6 +203,10 @@ class Config:
             raise ValueError("the connect timeout must be positive")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level {self.log_level}: one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format {self.log_format}: one of {', '.join(LOG_FORMATS)}")
 
     @property
     def default_camera(self) -> CameraConfig:
