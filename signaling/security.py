@@ -72,8 +72,9 @@ class ClientLimits:
     def __init__(self, snapshot_rate: float, cameras: int = 1) -> None:
         self.snapshot_rate = snapshot_rate
         self.snapshots = limits.ClientBuckets(snapshot_rate, 2 * snapshot_rate)
-        # A wall asks each camera for a tile about twice a second; four times that is allowed.
-        self.tile_rate = TILE_RATE_PER_CAMERA * cameras
+        # A wall asks each camera for a tile about twice a second; four times that (or the
+        # snapshot rate, if higher) is allowed per camera.
+        self.tile_rate = max(TILE_RATE_PER_CAMERA, snapshot_rate) * cameras
         self.tiles = limits.ClientBuckets(self.tile_rate, 2 * self.tile_rate)
         self.turn_credentials = limits.ClientBuckets(limits.TURN_MINT_RATE, limits.TURN_MINT_BURST)
         self._warning = limits.QuietWarning(logger)
