@@ -160,7 +160,7 @@ class Site:
         return self.default.status() | {
             "cameras": {name: service.status() for name, service in self.cameras.items()},
             "loopLagMs": self.loop_lag.summary(),
-            "process": process_status(),
+            "process": _process_status(),
         }
 
 
@@ -174,7 +174,7 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def process_status() -> dict[str, float | int]:
+def _process_status() -> dict[str, float | int]:
     """Tasks, open files and memory of this process: what a leak would show first."""
     rss_kb = 0
     with contextlib.suppress(OSError):
