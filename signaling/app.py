@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import WSCloseCode, web
@@ -105,7 +106,11 @@ def add_camera_routes(app: web.Application) -> None:
 
 
 def make_service(
-    config: Config, camera: CameraConfig, source: Source, loop_lag: LoopLagMonitor
+    config: Config,
+    camera: CameraConfig,
+    source: Source,
+    loop_lag: LoopLagMonitor,
+    connections: Counter[str],
 ) -> Service:
     """The aggregate of one camera: its source, encoder pools, peers and viewers."""
     encoders = make_encoder_pool(source.frames, fps=source.fps, bitrate=camera.bitrate)
@@ -125,13 +130,20 @@ def make_service(
         ),
         tiles=TileFeed(source.frames),
         loop_lag=loop_lag,
+        connections=connections,
     )
 
 
-def create_camera_app(service: Service) -> web.Application:
-    """The sub-application of one camera, mounted at ``/cam/NAME``; it owns the camera."""
+def create_camera_app(service: Service, site: Site, limits: ClientLimits) -> web.Application:
+    """The sub-application of one camera, mounted at ``/cam/NAME``; it owns the camera.
+
+    It also holds the site's :class:`Site` and :class:`ClientLimits` (the same objects as the
+    root's), so a handler reading ``request.app[...]`` finds them in a sub-application too.
+    """
     app = web.Application()
     app[Service.KEY] = service
+    app[Site.KEY] = site
+    app[ClientLimits.KEY] = limits
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/api/status", _camera_status)
     add_camera_routes(app)
@@ -179,15 +191,19 @@ def create_app(
     if missing:
         given |= open_sources(missing)
     loop_lag = LoopLagMonitor()
+    connections: Counter[str] = Counter()
     services = {
-        camera.name: make_service(config, config.camera(camera.name), given[camera.name], loop_lag)
+        camera.name: make_service(
+            config, config.camera(camera.name), given[camera.name], loop_lag, connections
+        )
         for camera in config.cameras
     }
-    site = Site(config=config, cameras=services, loop_lag=loop_lag)
+    site = Site(config=config, cameras=services, loop_lag=loop_lag, connections=connections)
+    client_limits = ClientLimits(config.snapshot_rate, len(services))
     app = web.Application(middlewares=[_camera_slash, security_middleware])
     app[Site.KEY] = site
     app[Service.KEY] = site.default
-    app[ClientLimits.KEY] = ClientLimits(config.snapshot_rate, len(services))
+    app[ClientLimits.KEY] = client_limits
     several = len(services) > 1
     app.router.add_get("/", _page("wall.html" if several else "index.html"))
     app.router.add_get("/healthz", _healthz)
@@ -198,7 +214,7 @@ def create_app(
     app.router.add_get("/check", _page("check.html"))
     app.router.add_static("/static/", config.static_dir, append_version=False)
     for name, service in services.items():
-        app.add_subapp(f"/cam/{name}", create_camera_app(service))
+        app.add_subapp(f"/cam/{name}", create_camera_app(service, site, client_limits))
     # On the root only: aiohttp sends it for every application a request passed through.
     app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_site_lifetime)

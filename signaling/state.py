@@ -53,6 +53,9 @@ class Service:
     fallbacks: Counter[str] = field(default_factory=Counter)
     #: The server's (one for all cameras, owned by the root application).
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    #: Open long-lived connections per client: the site's one counter, shared by every camera
+    #: (``Site.connections``), so the per-address cap counts across cameras.
+    connections: Counter[str] = field(default_factory=Counter)
 
     @property
     def name(self) -> str:
@@ -136,7 +139,8 @@ class Site:
     config: Config
     cameras: dict[str, Service]
     loop_lag: LoopLagMonitor
-    #: Open long-lived connections per remote address (the per-address cap).
+    #: Open long-lived connections per remote address (the per-address cap); every camera's
+    #: ``Service.connections`` is this one counter.
     connections: Counter[str] = field(default_factory=Counter)
 
     @property

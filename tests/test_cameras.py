@@ -256,6 +256,8 @@ async def test_limits_and_access_control_count_across_cameras(start: Start) -> N
         finally:
             for stream in streams:
                 stream.close()
+    site = server.app[Site.KEY]
+    assert all(c.connections is site.connections for c in site.cameras.values())  # one count
 
 
 def test_camera_configs_are_validated() -> None:
