@@ -24,7 +24,7 @@ from signaling import limits, tls
 from signaling.app import create_app
 from signaling.config import DEFAULT_TURN_TTL
 from signaling.listener import Listener
-from signaling.state import Service, Site
+from signaling.state import Service
 from tests.aiortc_viewer import assert_serves_a_viewer
 from tests.conftest import LOOPBACK_CONFIG, eventually
 from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run, _stop
@@ -38,10 +38,9 @@ TOKEN = "s3cret-hostile-token"
 class Running:
     """A peercam server behind its real listener, for one test."""
 
-    def __init__(self, listener: Listener, service: Service, site: Site) -> None:
+    def __init__(self, listener: Listener, service: Service) -> None:
         self.listener = listener
         self.service = service
-        self.site = site
 
     def url(self, path: str, scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.listener.port}{path}"
@@ -64,7 +63,7 @@ async def start() -> AsyncIterator[StartServer]:
         listener = Listener(app, config, port=0)
         await listener.start()
         listeners.append(listener)
-        return Running(listener, app[Service.KEY], app[Site.KEY])
+        return Running(listener, app[Service.KEY])
 
     yield start_server
     for listener in listeners:
@@ -328,7 +327,7 @@ async def test_every_long_lived_consumer_counts_against_max_viewers(start: Start
             mjpeg.close()
             for ws in legacy:
                 await ws.close()
-        await eventually(lambda: not server.site.connections)
+        await eventually(lambda: not server.service.connections)
         async with http.ws_connect(server.ws) as ws:
             assert (await ws.receive_json(timeout=10))["type"] == "config"
 
@@ -372,7 +371,7 @@ async def test_a_websocket_that_asks_for_nothing_is_closed_with_a_typed_error(
         async with http.ws_connect(server.url("/video", "ws")) as ws:
             msg = await ws.receive(timeout=10)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
-        await eventually(lambda: not server.site.connections)
+        await eventually(lambda: not server.service.connections)
 
 
 # 7. --no-auth and DNS rebinding ------------------------------------------------------------

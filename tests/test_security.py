@@ -10,7 +10,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from signaling.security import normalize_origin
-from signaling.state import Site
 from tests.aiortc_viewer import AiortcViewer, assert_serves_a_viewer
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
 
@@ -127,7 +126,7 @@ async def test_one_address_cannot_take_every_connection(make_server: ServerFacto
         finally:
             await first.close()
             await second.close()
-        await eventually(lambda: not server.app[Site.KEY].connections)
+        await eventually(lambda: not service_of(server).connections)
         async with http.ws_connect(ws_url(server)) as again:
             assert (await again.receive_json(timeout=10))["type"] == "config"
 
