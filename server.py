@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "access control is OFF (--no-auth): anyone who reaches the port sees the camera"
         )
     # A camera that cannot be opened yet shows "no signal" and is retried; /healthz names it.
-    sources = open_sources(config.cameras)
+    sources = open_sources(config)
     app = create_app(config, sources=sources)
     watching = ", ".join(f"{name}: {s.description}" for name, s in sources.items())
     fds = limits.raise_fd_limit()

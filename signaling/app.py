@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import WSCloseCode, web
 
@@ -154,22 +155,26 @@ def create_camera_app(service: Service, site: Site, limits: ClientLimits) -> web
     return app
 
 
-def open_sources(cameras: Sequence[CameraConfig]) -> dict[str, Source]:
-    """Every camera's source, made now (blocking: devices are probed; call before serving).
+def open_sources(
+    config: Config, cameras: Sequence[CameraConfig] | None = None
+) -> dict[str, Source]:
+    """Every camera's source (or those of ``cameras``), made now (blocking: devices are
+    probed; call before serving).
 
     A camera that cannot be opened yet is returned anyway: it shows "no signal" and retries on
     its own thread. Only a spec that can never work fails (at parsing, in ``SourceSpec``).
+    They are opened in parallel: an RTSP server that does not answer can take FFmpeg's whole
+    timeout, and must not delay the other cameras by as much.
     """
-    return {
-        camera.name: open_source(
-            camera.source,
-            width=camera.width,
-            height=camera.height,
-            fps=camera.fps,
-            retry=True,
+    chosen = list(config.cameras if cameras is None else cameras)
+
+    def open_one(camera: CameraConfig) -> Source:
+        return open_source(
+            camera.source, width=camera.width, height=camera.height, fps=camera.fps, retry=True
         )
-        for camera in cameras
-    }
+
+    with ThreadPoolExecutor(max(1, len(chosen)), thread_name_prefix="peercam-open") as pool:
+        return dict(zip((c.name for c in chosen), pool.map(open_one, chosen), strict=True))
 
 
 def create_app(
@@ -189,7 +194,7 @@ def create_app(
         given[config.cameras[0].name] = source
     missing = [c for c in config.cameras if c.name not in given]
     if missing:
-        given |= open_sources(missing)
+        given |= open_sources(config, missing)
     loop_lag = LoopLagMonitor()
     connections: Counter[str] = Counter()
     services = {
