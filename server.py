@@ -1,8 +1,9 @@
 """peercam: stream a camera to any browser, live, over WebRTC.
 
-    python server.py [--source auto|test|0|/dev/video74|FILE|rtsp://…] [--port 9000] …
+    python server.py [--source [NAME=]auto|test|0|/dev/video74|FILE|rtsp://…]… [--port 9000] …
 
-Thin: flags and environment → :class:`Config` → ``create_app`` → run.
+Thin: flags, environment and file (``signaling/options.py``) → :class:`Config` →
+``create_app`` → run.
 """
 
 from __future__ import annotations
@@ -13,48 +14,72 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ifaddr
+from pythonjsonlogger.json import JsonFormatter
 
 from signaling import limits, tls
-from signaling.app import create_app
-from signaling.config import DEFAULT_TURN_TTL, Config
+from signaling.app import create_app, open_sources
+from signaling.config import (
+    DEFAULT_CAMERA,
+    DEFAULT_TURN_TTL,
+    CameraConfig,
+    Config,
+    TlsConfig,
+    split_source,
+)
 from signaling.listener import serve
+from signaling.options import CameraTable, Layered, OptionError, layered
 from signaling.proxy import parse_network
 from signaling.security import generate_token, normalize_host, normalize_origin
 from webrtc.encoders import Codec, select_h264_encoder
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, PortRange, TurnSecret
 from webrtc.ladder import LadderSpec
-from webrtc.sources import SourceSpec, open_source
+from webrtc.sources import SourceSpec, redact_url
 
 logger = logging.getLogger("peercam")
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter number
 
-#: Secrets that may come from the environment: (flag's dest, variable). Read after parsing,
-#: never as argparse defaults, which ``--help`` would print.
-SECRET_ENV = (
-    ("token", "PEERCAM_TOKEN"),
-    ("turn_secret", "PEERCAM_TURN_SECRET"),
-    ("ice_credential", "PEERCAM_ICE_CREDENTIAL"),
-)
+#: Every flag is also PEERCAM_<FLAG> and a key of the --config file (signaling/options.py).
+#: Secrets (--token, --turn-secret, --ice-credential) have no argparse default, which
+#: ``--help`` would print: their variables are read after parsing, like every other.
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="peercam",
-        description="Stream a camera to any browser, live, over WebRTC.",
+        description="Stream a camera to any browser, live, over WebRTC. Every flag is also "
+        "a PEERCAM_<FLAG> variable and a key of the --config file; flags win over variables, "
+        "variables over the file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--source",
-        default=os.environ.get("PEERCAM_SOURCE", "auto"),
-        help="auto, test, a camera index, /dev/videoN, a video file or an rtsp:// / http(s):// URL",
+        action="append",
+        metavar="[NAME=]SPEC",
+        help="auto, test, a camera index, /dev/videoN, a video file or an rtsp:// / http(s):// "
+        "URL; repeat as NAME=SPEC for several cameras, served at /cam/NAME/ (the first also at "
+        "/ws, /snapshot.jpg…; the page / then shows them all) (default: auto)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file: top-level keys are these flags' names, one [cameras.NAME] table per "
+        "camera (or PEERCAM_CONFIG)",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="print the configuration peercam would run with (secrets hidden) and exit",
     )
     p.add_argument("--width", type=int, help="capture width (camera 1280, test pattern 640)")
     p.add_argument("--height", type=int, help="capture height (camera 720, test pattern 480)")
@@ -131,7 +156,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--udp-ports",
-        default=os.environ.get("PEERCAM_UDP_PORTS") or None,
         metavar="LO-HI",
         help="bind every ICE socket in these UDP ports (inclusive; one per viewer and ICE "
         "address): the range to forward to this machine (or PEERCAM_UDP_PORTS)",
@@ -263,8 +287,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level",
-        default=os.environ.get("PEERCAM_LOG", "INFO"),
+        default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(or PEERCAM_LOG_LEVEL, or the older PEERCAM_LOG)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object a line (for journald, Loki, …)",
     )
     return p
 
@@ -302,14 +333,70 @@ def _udp_ports(text: str | None) -> PortRange | None:
         raise ValueError(f"--udp-ports: {exc}") from None
 
 
-def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
-    """Flags and environment → a validated :class:`Config`; exits with usage on bad input."""
-    for dest, variable in SECRET_ENV:
-        if getattr(args, dest, None) is None:
-            setattr(args, dest, os.environ.get(variable) or None)
-    trusted = getattr(args, "trusted_proxy", None)
-    if trusted is None:
-        trusted = [v for v in os.environ.get("PEERCAM_TRUSTED_PROXY", "").split(",") if v.strip()]
+def _codecs(text: str) -> tuple[Codec, ...]:
+    if text == "auto":
+        return (Codec.VP8, Codec.H264)
+    try:
+        return (Codec(text),)
+    except ValueError:
+        raise ValueError(f"codec {text!r}: auto, vp8 or h264") from None
+
+
+def _cameras(options: Layered, args: argparse.Namespace) -> tuple[CameraConfig, ...]:
+    """The cameras: from --source flags or PEERCAM_SOURCE, else the file's tables or source."""
+    size = {"width": args.width, "height": args.height, "fps": args.fps}
+    if options.cameras:
+        return tuple(_camera_from_table(table, size) for table in options.cameras)
+    texts: list[str] = args.source or ["auto"]
+    if sum(split_source(t)[0] is None for t in texts) > 1:
+        raise ValueError(f"{options.origin('source')}: name each of several cameras (NAME=SPEC)")
+    cameras = []
+    for text in texts:
+        name, spec = split_source(text)
+        try:
+            cameras.append(
+                CameraConfig(name=name or DEFAULT_CAMERA, source=SourceSpec.parse(spec), **size)
+            )
+        except (ValueError, SourceError) as exc:
+            raise ValueError(f"{options.origin('source')}: {exc}") from None
+    return tuple(cameras)
+
+
+def _camera_from_table(table: CameraTable, size: Mapping[str, Any]) -> CameraConfig:
+    values = table.values
+    try:
+        return CameraConfig(
+            name=table.name,
+            source=SourceSpec.parse(values["source"]),
+            width=values.get("width", size["width"]),
+            height=values.get("height", size["height"]),
+            fps=float(values["fps"]) if "fps" in values else size["fps"],
+            codecs=_codecs(values["codec"]) if "codec" in values else None,
+            bitrate=values.get("bitrate"),
+            ladder=LadderSpec.parse(values["ladder"]) if "ladder" in values else None,
+        )
+    except (ValueError, SourceError) as exc:
+        raise ValueError(f"{table.origin}: {exc}") from None
+
+
+def _with_origin(message: str, options: Layered) -> str:
+    """Name where the value a message is about came from when it was not a flag."""
+    match = re.search(r"--([a-z][a-z0-9-]*)", message)
+    if match:
+        origin = options.origin(match.group(1).replace("-", "_"))
+        if not origin.startswith("--"):
+            return f"{origin}: {message}"
+    return message
+
+
+def build_config(
+    parser: argparse.ArgumentParser, options: Layered, args: argparse.Namespace
+) -> Config:
+    """The layered settings → a validated :class:`Config`; exits with usage on bad input."""
+    for dest in ("token", "turn_secret", "ice_credential", "trusted_proxy"):
+        if getattr(args, dest, None) in (None, ""):
+            setattr(args, dest, None)
+    trusted = args.trusted_proxy or []
     try:
         ice_servers, turn_secret = _ice_servers(args)
         if args.no_auth and args.token:
@@ -328,11 +415,8 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             stall_timeout=args.stall_timeout,
             snapshot_rate=args.snapshot_rate,
             port=args.port,
-            source=SourceSpec.parse(args.source),
-            width=args.width,
-            height=args.height,
-            fps=args.fps,
-            codecs=(Codec.VP8, Codec.H264) if args.codec == "auto" else (Codec(args.codec),),
+            cameras=_cameras(options, args),
+            codecs=_codecs(args.codec),
             bitrate=args.bitrate,
             ladder=LadderSpec.parse(args.ladder),
             ice_servers=ice_servers,
@@ -349,9 +433,17 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             video_encoder=select_h264_encoder(args.video_encoder),
             input_format=args.input_format,
             jpeg_quality=args.jpeg_quality,
+            tls=TlsConfig(
+                cert=args.cert,
+                key=args.key,
+                self_signed=args.tls_self_signed,
+                state_dir=args.state_dir,
+            ),
+            log_level=args.log_level,
+            log_format=args.log_format,
         )
     except (ValueError, SourceError) as exc:
-        parser.error(str(exc))
+        parser.error(_with_origin(str(exc), options))
 
 
 def _local_addresses() -> list[str]:
@@ -364,15 +456,11 @@ def _local_addresses() -> list[str]:
     ]
 
 
-def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.tls_self_signed:
-        if args.cert or args.key:
-            raise ValueError("--tls-self-signed and --cert/--key contradict each other")
-        cert, key = tls.self_signed(args.state_dir, _local_addresses())
-    elif args.cert or args.key:
-        if not (args.cert and args.key):
-            raise ValueError("--cert and --key go together")
-        cert, key = args.cert, args.key
+def _ssl_context(config: TlsConfig) -> ssl.SSLContext | None:
+    if config.self_signed:
+        cert, key = tls.self_signed(config.state_dir, _local_addresses())
+    elif config.cert is not None and config.key is not None:
+        cert, key = config.cert, config.key
     else:
         return None
     context = tls.server_context(cert, key)
@@ -402,37 +490,74 @@ def _limit_malloc_arenas() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
 
 
+def _setup_logging(level: str, form: str) -> None:
+    text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if form == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format=text)
+
+
+def _describe(config: Config) -> str:
+    """``--check-config``'s output: every setting, secrets and stream passwords hidden."""
+    lines = []
+    for name in Config.__dataclass_fields__:
+        value: object = getattr(config, name)
+        if name in ("token", "turn_secret") and value is not None:
+            value = "(set)"
+        elif name == "ice_servers":
+            value = [url for server in config.ice_servers for url in server.urls]
+        elif name == "cameras":
+            for camera in config.cameras:
+                c = config.camera(camera.name)
+                size = f"{c.width or '-'}x{c.height or '-'}@{c.fps or '-'}"
+                codecs = ",".join(str(codec) for codec in c.codecs or ())
+                lines.append(
+                    f"camera {c.name}: {c.source.kind} {redact_url(str(c.source.target))} "
+                    f"size {size} codecs {codecs} bitrate {c.bitrate or 'auto'} "
+                    f"ladder {c.ladder.mode if c.ladder else 'auto'}"
+                )
+            continue
+        lines.append(f"{name} = {value}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_malloc_arenas()
     parser = _parser()
-    args = parser.parse_args(argv)
-    config = build_config(parser, args)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Warnings about unknown PEERCAM_* variables come before logging is set up: a plain line.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        ssl_context = _ssl_context(args)
-    except ValueError as exc:
+        options = layered(parser, _parser(), argv, os.environ)
+    except OptionError as exc:
         parser.error(str(exc))
+    args = options.namespace()
+    config = build_config(parser, options, args)
+    logging.getLogger().handlers.clear()
+    _setup_logging(config.log_level, config.log_format)
+    if args.check_config:
+        logger.info("the configuration is valid: %d camera(s)", len(config.cameras))
+        sys.stdout.write(_describe(config) + "\n")
+        return 0
+    try:
+        ssl_context = _ssl_context(config.tls)
+    except ValueError as exc:
+        parser.error(_with_origin(str(exc), options))
     if config.token is None:
         logger.warning(
             "access control is OFF (--no-auth): anyone who reaches the port sees the camera"
         )
-    try:
-        source = open_source(
-            config.source, width=config.width, height=config.height, fps=config.fps,
-            passthrough=config.passthrough, input_format=config.input_format,
-        )  # fmt: skip
-    except SourceError as exc:
-        logger.error("%s", exc)
-        return 2
-    app = create_app(config, source=source)
+    # A camera that cannot be opened yet shows "no signal" and is retried; /healthz names it.
+    sources = open_sources(config)
+    app = create_app(config, sources=sources)
+    watching = ", ".join(f"{name}: {s.description}" for name, s in sources.items())
     fds = limits.raise_fd_limit()
     logger.debug("file-descriptor limit %d", fds)
     # The one place the token is logged: the URL the user opens.
     for url in _viewing_urls(config, ssl_context is not None):
-        logger.info("open %s to watch %s", url, source.description)
+        logger.info("open %s to watch %s", url, watching)
     asyncio.run(serve(app, config, ssl_context))
     return 0
 

@@ -47,7 +47,7 @@ from bench.common import (
     write_results,
 )
 from signaling.app import create_app
-from signaling.config import Config
+from signaling.config import CameraConfig, Config
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import eventually
 from tests.rtsp import RtspCamera
@@ -106,7 +106,10 @@ async def cpu_run(
 async def late_joiner(camera: RtspCamera, cache: bool) -> dict[str, Any]:
     source = StreamSource("url", camera.url("h264"), gop_cache=cache)
     await asyncio.to_thread(source.open)
-    config = Config(ice_addresses=("127.0.0.1",), source=SourceSpec("url", camera.url("h264")))
+    config = Config(
+        ice_addresses=("127.0.0.1",),
+        cameras=(CameraConfig(source=SourceSpec("url", camera.url("h264"))),),
+    )
     server = TestServer(create_app(replace(config), source=source), host="127.0.0.1", port=0)
     await server.start_server()
     try:

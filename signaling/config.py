@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from webrtc.encoders import Codec
@@ -20,6 +22,82 @@ DEFAULT_TURN_TTL = 600
 SHORT_LIVED_PER_CLIENT = 8
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: A camera's name: its routes live under ``/cam/NAME/``.
+CAMERA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+#: The name of the one camera a bare ``--source SPEC`` makes.
+DEFAULT_CAMERA = "default"
+
+
+def split_source(text: str) -> tuple[str | None, str]:
+    """``NAME=SPEC`` → (NAME, SPEC); a bare SPEC → (None, SPEC).
+
+    Split at the first ``=`` only when what precedes it is a camera name: a URL's query
+    (``rtsp://u:p@h/x?a=b``) has ``:`` and ``/`` before its ``=``, which no name has; a file
+    that exists under the whole text stays a file.
+    """
+    name, sep, spec = text.partition("=")
+    if sep and CAMERA_NAME.fullmatch(name) and not os.path.isfile(text):
+        return name, spec
+    return None, text
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    """One camera: its source and what it is captured and encoded at.
+
+    ``None`` in codecs, bitrate and ladder means "the server's" (the global flags); a
+    :class:`Config` resolves them (:meth:`Config.camera`), so a camera's app sees values only.
+    """
+
+    name: str = DEFAULT_CAMERA
+    source: SourceSpec = field(default_factory=lambda: SourceSpec("auto"))
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    codecs: tuple[Codec, ...] | None = None
+    bitrate: int | None = None
+    ladder: LadderSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not CAMERA_NAME.fullmatch(self.name) or len(self.name) > 64:
+            raise ValueError(
+                f"camera name {self.name!r}: lower-case letters, digits, '-' and '_' "
+                "(starting with a letter or digit, at most 64)"
+            )
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not 16 <= value <= 7680:
+                raise ValueError(f"--{name} {value}: must be 16-7680")
+        if self.fps is not None and not 0 < self.fps <= 120:
+            raise ValueError(f"--fps {self.fps}: must be > 0 and <= 120")
+        if self.bitrate is not None and not 50_000 <= self.bitrate <= 50_000_000:
+            raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
+        if self.codecs is not None and not self.codecs:
+            raise ValueError("at least one codec is needed")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """HTTPS: a certificate and key given, or a self-signed pair made once in ``state_dir``."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".local/state/peercam")
+
+    def __post_init__(self) -> None:
+        if self.self_signed and (self.cert or self.key):
+            raise ValueError("--tls-self-signed and --cert/--key contradict each other")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+
+    @property
+    def enabled(self) -> bool:
+        return self.self_signed or self.cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +109,10 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 9000
-    source: SourceSpec = field(default_factory=lambda: SourceSpec("auto"))
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
+    #: The cameras, the default one (today's root routes) first; every camera also has its
+    #: routes under /cam/NAME/.
+    cameras: tuple[CameraConfig, ...] = (CameraConfig(),)
+    #: The server's codecs, bitrate and ladder: a camera's own values replace them.
     codecs: tuple[Codec, ...] = (Codec.VP8, Codec.H264)
     bitrate: int | None = None
     ladder: LadderSpec = field(default_factory=LadderSpec)
@@ -81,16 +159,18 @@ class Config:
     input_format: str | None = None
     jpeg_quality: int = 75
     static_dir: Path = STATIC_DIR
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: must be 0-65535")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and not 16 <= value <= 7680:
-                raise ValueError(f"--{name} {value}: must be 16-7680")
-        if self.fps is not None and not 0 < self.fps <= 120:
-            raise ValueError(f"--fps {self.fps}: must be > 0 and <= 120")
+        if not self.cameras:
+            raise ValueError("at least one camera is needed")
+        names = [camera.name for camera in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must differ: {', '.join(names)}")
         if self.bitrate is not None and not 50_000 <= self.bitrate <= 50_000_000:
             raise ValueError(f"--bitrate {self.bitrate}: must be 50000-50000000 bit/s")
         if not self.codecs:
@@ -131,15 +211,40 @@ class Config:
             raise ValueError(f"--input-format {self.input_format}: must be mjpeg or h264")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level {self.log_level}: one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format {self.log_format}: one of {', '.join(LOG_FORMATS)}")
+
+    @property
+    def default_camera(self) -> CameraConfig:
+        """The camera today's root routes (/ws, /snapshot.jpg, …) serve: the first one."""
+        return self.camera(self.cameras[0].name)
+
+    def camera(self, name: str) -> CameraConfig:
+        """Camera ``name`` with the server's codecs, bitrate and ladder where it has none.
+
+        Raises:
+            KeyError: no camera has that name.
+        """
+        for camera in self.cameras:
+            if camera.name == name:
+                return replace(
+                    camera,
+                    codecs=camera.codecs or self.codecs,
+                    bitrate=camera.bitrate if camera.bitrate is not None else self.bitrate,
+                    ladder=camera.ladder or self.ladder,
+                )
+        raise KeyError(name)
 
     @property
     def connections_per_client(self) -> int:
         """TCP connections one client may hold: its long-lived ones and a page's worth."""
         return self.max_per_address + SHORT_LIVED_PER_CLIENT
 
-    def webrtc_settings(self) -> WebRtcSettings:
+    def webrtc_settings(self, camera: CameraConfig | None = None) -> WebRtcSettings:
         return WebRtcSettings(
-            codecs=self.codecs,
+            codecs=(camera.codecs if camera else None) or self.codecs,
             ice_servers=self.ice_servers,
             turn_secret=self.turn_secret,
             ice_addresses=self.ice_addresses,

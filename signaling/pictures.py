@@ -228,6 +228,38 @@ async def snapshot_handler(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def tile_handler(request: web.Request) -> web.StreamResponse:
+    """A wall tile: the camera's newest small picture newer than ``?after=`` (its ``X-Seq``).
+
+    Every wall reads the camera's one tile encoder (``webrtc/tiles.py``), so tiles cost one
+    small encoder per camera however many walls show it. ``X-Live: 0`` marks a generated
+    "no signal" picture.
+    """
+    service = request.app[Service.KEY]
+    text = request.query.get("after", "0")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise web.HTTPBadRequest(text="after must be a picture's X-Seq\n")
+    encoder = service.tiles.acquire()
+    after = int(text)
+    if after > encoder.pictures.seq:
+        after = 0  # numbered by an encoder that stopped since: this one's newest will do
+    try:
+        async with asyncio.timeout(SNAPSHOT_TIMEOUT):
+            seq, picture = await encoder.pictures.next(after)
+    except (TimeoutError, LatestClosed):
+        raise web.HTTPServiceUnavailable(text="the source delivers no picture\n") from None
+    return web.Response(
+        body=picture.data,
+        content_type="image/jpeg",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Seq": str(seq),
+            "X-Live": "1" if encoder.live and service.source.state == "live" else "0",
+            "X-Capture-Time": f"{picture.capture_time:.3f}",
+        },
+    )
+
+
 async def mjpeg_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[Service.KEY]
     key = key_from_query(request, service.config.jpeg_quality)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
@@ -23,13 +24,18 @@ from aiohttp import web
 
 from . import limits, messages
 from .proxy import ClientView, client_view
-from .state import Service
+from .state import Site
 
 logger = logging.getLogger(__name__)
 
 COOKIE = "peercam_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
 PUBLIC_PREFIXES = ("/static/",)
+#: Served without a token: monitoring probes carry no credentials, and /healthz tells only
+#: camera names and whether each delivers (no descriptions, URLs or errors).
+PUBLIC_PATHS = ("/healthz",)
+#: A camera's routes: /cam/NAME/ws is checked as /ws, /cam/NAME/ as the page /.
+CAMERA_PREFIX = re.compile(r"/cam/[a-z0-9][a-z0-9_-]*(?=/)")
 PAGES = ("/", "/capture", "/check")
 WEBSOCKETS = ("/ws", "/video")
 #: Endpoints that hold a connection open: counted against --max-viewers and, per client,
@@ -63,9 +69,13 @@ class ClientLimits:
 
     KEY: web.AppKey[ClientLimits]
 
-    def __init__(self, snapshot_rate: float) -> None:
+    def __init__(self, snapshot_rate: float, cameras: int = 1) -> None:
         self.snapshot_rate = snapshot_rate
         self.snapshots = limits.ClientBuckets(snapshot_rate, 2 * snapshot_rate)
+        # A wall asks each camera for a tile about twice a second; four times that (or the
+        # snapshot rate, if higher) is allowed per camera.
+        self.tile_rate = max(TILE_RATE_PER_CAMERA, snapshot_rate) * cameras
+        self.tiles = limits.ClientBuckets(self.tile_rate, 2 * self.tile_rate)
         self.turn_credentials = limits.ClientBuckets(limits.TURN_MINT_RATE, limits.TURN_MINT_BURST)
         self._warning = limits.QuietWarning(logger)
         # No token, a foreign origin: ordinary mistakes, logged at INFO, but at most one line
@@ -82,6 +92,14 @@ class ClientLimits:
 
 
 ClientLimits.KEY = web.AppKey("peercam_client_limits", ClientLimits)
+
+TILE_RATE_PER_CAMERA = 8.0
+
+
+def route_path(path: str) -> str:
+    """The path within its camera: ``/cam/yard/ws`` → ``/ws``; others unchanged."""
+    match = CAMERA_PREFIX.match(path)
+    return path[match.end() :] if match else path
 
 
 def generate_token() -> str:
@@ -146,6 +164,7 @@ def _host_allowed(request: web.Request, view: ClientView, allowed: tuple[str, ..
 
 async def _refuse_at_limit(
     request: web.Request,
+    path: str,
     *,
     reason: str,
     close_code: int,
@@ -153,11 +172,11 @@ async def _refuse_at_limit(
     error_code: str | None = None,
 ) -> web.StreamResponse:
     """Refuse a long-lived consumer: a close frame (after a typed error on /ws), else HTTP."""
-    if request.path not in WEBSOCKETS:
+    if path not in WEBSOCKETS:
         raise status(text=reason + "\n", headers={"Retry-After": "5"})
     ws = web.WebSocketResponse(max_msg_size=1024)
     await ws.prepare(request)
-    if error_code is not None and request.path == "/ws":
+    if error_code is not None and path == "/ws":
         await ws.send_str(messages.error_message(error_code, reason))
     await ws.close(code=close_code, message=close_reason(reason))
     return ws
@@ -171,6 +190,7 @@ def _origin_allowed(origin: str, view: ClientView, allowed: tuple[str, ...]) -> 
 
 async def _refuse(
     request: web.Request,
+    path: str,
     status: type[web.HTTPException],
     code: int,
     reason: str,
@@ -184,7 +204,7 @@ async def _refuse(
     Browsers hide the HTTP status of a failed WebSocket handshake; a close frame with a reason
     is what the page can show. Nothing is sent on the socket before the close, nothing read.
     """
-    if request.path in WEBSOCKETS:
+    if path in WEBSOCKETS:
         ws = web.WebSocketResponse(max_msg_size=1024)
         if ws.can_prepare(request).ok:
             await ws.prepare(request)
@@ -203,8 +223,9 @@ def _relative_location(request: web.Request) -> str:
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    service = request.app[Service.KEY]
-    config = service.config
+    # The root's Site whichever camera the request is for: the caps count across cameras.
+    site = request.config_dict[Site.KEY]
+    config = site.config
     view = client_view(
         request.remote,
         request.scheme,
@@ -215,12 +236,13 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     request[CLIENT_VIEW] = view  # before the clone, so the access log sees it too
     if view.proxy is not None:
         request = request.clone(remote=view.address, scheme=view.scheme, host=view.host)
-    path = request.path
-    client_limits = request.app[ClientLimits.KEY]
+    path = route_path(request.path)
+    client_limits = request.config_dict[ClientLimits.KEY]
     if config.token is None and not _host_allowed(request, view, config.allow_hosts):
         logger.debug("refused %s for Host %r from %s", path, view.host, view.describe())
         return await _refuse(
             request,
+            path,
             web.HTTPMisdirectedRequest,
             MISDIRECTED_CLOSE,
             f"Host {_clip(view.host, 40)} is not served without a token: see --allow-host, "
@@ -229,7 +251,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
             "[::1] (this protects it from DNS rebinding); start it with --allow-host NAME "
             "to be reached as NAME (behind a reverse proxy: --trusted-proxy ADDRESS)",
         )
-    if path.startswith(PUBLIC_PREFIXES):
+    if path.startswith(PUBLIC_PREFIXES) or request.path in PUBLIC_PATHS:
         return await handler(request)
     if request.method == "OPTIONS":
         # A CORS preflight never carries credentials (Fetch standard), so it cannot need the
@@ -246,6 +268,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         )  # fmt: skip
         return await _refuse(
             request,
+            path,
             web.HTTPForbidden,
             FORBIDDEN_ORIGIN_CLOSE,
             f"origin {_clip(origin, 36)} is not {_clip(view.origin, 36)}: see --allow-origin, "
@@ -262,6 +285,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
             )
             return await _refuse(
                 request,
+                path,
                 web.HTTPUnauthorized,
                 UNAUTHORIZED_CLOSE,
                 "unauthorized: open the URL with ?token= printed in peercam's log",
@@ -285,21 +309,30 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
             text=f"too many snapshots: at most {client_limits.snapshot_rate:g} per second\n",
             headers={"Retry-After": "1"},
         )
+    if path == "/tile.jpg" and not client_limits.tiles.allow(client):
+        client_limits.refused(path, client, "tile rate")
+        raise web.HTTPTooManyRequests(
+            text=f"too many tiles: at most {client_limits.tile_rate:g} per second\n",
+            headers={"Retry-After": "1"},
+        )
     if path not in LONG_LIVED:
         return await handler(request)
     # One limit for every long-lived consumer (/ws, /video, MJPEG), counted per client.
-    if service.connections[client] >= config.max_per_address:
+    connections = site.connections
+    if connections[client] >= config.max_per_address:
         client_limits.refused(path, client, "connections per client")
         return await _refuse_at_limit(
             request,
+            path,
             reason=f"too many connections from {client} (at most {config.max_per_address})",
             close_code=1008,  # policy violation
             status=web.HTTPTooManyRequests,
         )
-    if service.connections.total() >= config.max_viewers:
+    if connections.total() >= config.max_viewers:
         client_limits.refused(path, client, "viewers")
         return await _refuse_at_limit(
             request,
+            path,
             reason=f"this server serves at most {config.max_viewers} viewers",
             close_code=1013,  # try again later
             status=web.HTTPServiceUnavailable,
@@ -314,18 +347,19 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         client_limits.refused(path, client, "TURN credentials")
         return await _refuse_at_limit(
             request,
+            path,
             reason="too many new sessions: try again in a few seconds",
             close_code=1008,
             status=web.HTTPTooManyRequests,
             error_code="rate-limited",
         )
-    service.connections[client] += 1
+    connections[client] += 1
     try:
         return await handler(request)
     finally:
-        service.connections[client] -= 1
-        if service.connections[client] <= 0:
-            del service.connections[client]
+        connections[client] -= 1
+        if connections[client] <= 0:
+            del connections[client]
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -335,7 +369,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     A signal rather than the middleware, so streamed responses (MJPEG) get the headers too.
     """
     origin = request.headers.get("Origin")
-    allowed = request.app[Service.KEY].config.allow_origins
+    allowed = request.config_dict[Site.KEY].config.allow_origins
     if origin and origin.rstrip("/").lower() in allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"

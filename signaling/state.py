@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from webrtc.jpeg import JpegPool
 from webrtc.passthrough import StreamSource
 from webrtc.peers import PeerManager
 from webrtc.sources import Source
+from webrtc.tiles import TileFeed
 
-from .config import Config
+from .config import CameraConfig, Config
 
 if TYPE_CHECKING:
     from .pictures import JpegStream
@@ -28,15 +30,21 @@ from .monitor import LoopLagMonitor
 
 @dataclass
 class Service:
-    """The source, its shared encoders and every viewer of one server."""
+    """One camera: its source, its shared encoders and every viewer of it.
+
+    Each camera's sub-application (``/cam/NAME/``) holds its own under ``KEY``; the root
+    application holds the default camera's too, for today's root routes.
+    """
 
     KEY: ClassVar[web.AppKey[Service]]
 
     config: Config
+    camera: CameraConfig
     source: Source
     encoders: EncoderPool
     jpeg: JpegPool
     peers: PeerManager
+    tiles: TileFeed
     viewers: set[web.WebSocketResponse] = field(default_factory=set)
     legacy_viewers: set[web.WebSocketResponse] = field(default_factory=set)
     #: JPEG-mode viewers on /ws (each owned by its session, which adds and removes it).
@@ -44,13 +52,41 @@ class Service:
     mjpeg_viewers: int = 0
     #: Why viewers fell back from WebRTC to JPEG, as they reported it.
     fallbacks: Counter[str] = field(default_factory=Counter)
+    #: The server's (one for all cameras, owned by the root application).
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
-    #: Open long-lived connections per remote address (the per-address cap).
+    #: Open long-lived connections per client: the site's one counter, shared by every camera
+    #: (``Site.connections``), so the per-address cap counts across cameras.
     connections: Counter[str] = field(default_factory=Counter)
 
+    @property
+    def name(self) -> str:
+        return self.camera.name
+
+    def health(self) -> dict[str, object]:
+        """Whether the camera delivers pictures now, without anything secret (no source
+        description, no error text: an RTSP URL may carry a password)."""
+        newest = self.source.frames.get()
+        age = None if newest is None else time.monotonic() - newest[1].monotonic
+        fps = self.source.fps or 1.0
+        delivering = (
+            self.source.state == "live"
+            and age is not None
+            and newest is not None
+            and newest[1].live
+            and age < max(HEALTH_MIN_AGE, 10 / fps)
+        )
+        return {
+            "delivering": delivering,
+            "state": self.source.state,
+            "frameAgeSeconds": None if age is None else round(age, 2),
+        }
+
     def status(self) -> dict[str, object]:
+        """This camera's figures (the server's own, process and loop lag, are added by the
+        status route)."""
         running = self.encoders.running()
         return {
+            "name": self.camera.name,
             "source": self.source.status(),
             "viewers": len(self.viewers),
             "peers": [p.stats() for p in self.peers.peers()],
@@ -77,9 +113,9 @@ class Service:
                 },
                 "encodersStarted": sum(self.jpeg.started.values()),
             },
+            "tiles": self.tiles.stats(),
             "fallbacks": dict(self.fallbacks),
-            "loopLagMs": self.loop_lag.summary(),
-            "process": _process_status(),
+            "health": self.health(),
         }
 
     def _video_status(self) -> dict[str, object]:
@@ -107,6 +143,52 @@ class Service:
 
 
 Service.KEY = web.AppKey("peercam_service", Service)
+
+#: A picture older than this many seconds (or ten frame intervals) means "not delivering".
+HEALTH_MIN_AGE = 3.0
+
+
+@dataclass
+class Site:
+    """What the root application holds for all cameras: the configuration, every camera by
+    name (the default first), the connection counts the per-address cap reads (across
+    cameras), and the event-loop lag monitor."""
+
+    KEY: ClassVar[web.AppKey[Site]]
+
+    config: Config
+    cameras: dict[str, Service]
+    loop_lag: LoopLagMonitor
+    #: Open long-lived connections per remote address (the per-address cap); every camera's
+    #: ``Service.connections`` is this one counter.
+    connections: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def default(self) -> Service:
+        return next(iter(self.cameras.values()))
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(every camera delivers, the /healthz body)."""
+        cameras = {name: service.health() for name, service in self.cameras.items()}
+        failing = [name for name, health in cameras.items() if not health["delivering"]]
+        body: dict[str, object] = {
+            "status": "failing" if failing else "ok",
+            "failing": failing,
+            "cameras": cameras,
+        }
+        return not failing, body
+
+    def status(self) -> dict[str, object]:
+        """/api/status: the default camera's figures as before, every camera by name, and
+        the server's own."""
+        return self.default.status() | {
+            "cameras": {name: service.status() for name, service in self.cameras.items()},
+            "loopLagMs": self.loop_lag.summary(),
+            "process": _process_status(),
+        }
+
+
+Site.KEY = web.AppKey("peercam_site", Site)
 
 
 def trim_heap() -> None:

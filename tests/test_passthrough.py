@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser
 
 from signaling.app import create_app
+from signaling.config import CameraConfig
 from signaling.state import Service
 from tests.aiortc_viewer import AiortcViewer
 from tests.browser import TIMEBAR_JS
@@ -37,7 +38,9 @@ async def camera() -> AsyncIterator[RtspCamera]:
 
 
 async def serve(source: StreamSource) -> TestServer:
-    config = replace(LOOPBACK_CONFIG, source=SourceSpec("url", str(source.target)))
+    config = replace(
+        LOOPBACK_CONFIG, cameras=(CameraConfig(source=SourceSpec("url", str(source.target))),)
+    )
     server = TestServer(create_app(config, source=source), host="127.0.0.1", port=0)
     await server.start_server()
     return server

@@ -118,13 +118,27 @@ async def test_access_control_is_on_by_default_with_a_printed_token_url() -> Non
         await _stop(process)
 
 
-async def test_camera_that_cannot_open_is_a_clear_error() -> None:
-    """A wrong --source must say what is wrong and exit, not serve a black page."""
-    process = await _run("--source", "/dev/video99", "--port", str(_free_port()))
-    assert process.stdout is not None
-    output = (await process.stdout.read()).decode()
-    assert await process.wait() == 2
-    assert "cannot open camera /dev/video99" in output
+async def test_camera_that_cannot_open_is_served_as_no_signal_and_named_by_healthz() -> None:
+    """A camera unplugged at boot must not keep the site down: the server starts, says what is
+    wrong, shows "no signal" and /healthz names the camera (a malformed spec still exits 2)."""
+    port = _free_port()
+    process = await _run("--source", "/dev/video99", "--port", str(port), "--no-auth")
+    try:
+        log = await _read_until(process, "open http://")
+        assert "cannot open camera /dev/video99" in log
+        async with aiohttp.ClientSession() as http:
+            await _get_when_listening(http, f"http://127.0.0.1:{port}/healthz")
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 503
+                body = await response.json()
+            assert body["status"] == "failing"
+            assert body["failing"] == ["default"]
+            async with http.get(f"http://127.0.0.1:{port}/snapshot.jpg") as response:
+                assert response.status == 200  # the "no signal" picture
+                assert response.content_type == "image/jpeg"
+        assert await _stop(process) == 0
+    finally:
+        await _stop(process)
 
 
 async def test_unknown_source_is_a_usage_error() -> None:

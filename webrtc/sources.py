@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -29,6 +29,9 @@ from . import timebar
 from .errors import SourceError
 from .frames import CapturedFrame, Image
 from .latest import Latest
+
+if TYPE_CHECKING:
+    from .passthrough import StreamSource
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +244,7 @@ class CaptureSource(Source):
         self._capture: CaptureDevice | None = None
         self._lost_at: float | None = None
         self._size = (width or 640, height or 480)
-        name = f"camera {target}" if kind == "camera" else f"{kind} {target}"
+        name = f"camera {target}" if kind == "camera" else f"{kind} {redact_url(str(target))}"
         super().__init__(name, fps or 30.0)
 
     def open(self) -> None:
@@ -405,6 +408,12 @@ def no_signal_picture(
     return image
 
 
+def redact_url(text: str) -> str:
+    """``rtsp://user:secret@host/x`` → ``rtsp://user:***@host/x``: descriptions are logged and
+    shown in /api/status, and a stream URL's password must not be."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", text)
+
+
 def _video_devices() -> list[str]:
     def number(path: str) -> int:
         return int(re.sub(r"\D", "", path) or 0)
@@ -420,16 +429,19 @@ def open_source(
     fps: float | None = None,
     passthrough: bool = True,
     input_format: str | None = None,
+    retry: bool = False,
 ) -> Source:
     """Make the source a spec names, opening devices now (blocking: call before serving).
 
     ``auto`` takes the first ``/dev/video*`` that opens and delivers a frame, otherwise the
     test pattern; the log says which. ``rtsp://`` URLs (unless ``passthrough`` is off) and
     cameras with ``input_format="h264"`` are read with PyAV's demuxer and their H.264 passed
-    through where it can be (:mod:`webrtc.passthrough`).
+    through where it can be (:mod:`webrtc.passthrough`). With ``retry``, a camera, file or
+    stream that cannot be opened now is returned all the same: once started it shows "no
+    signal" and keeps trying (a camera plugged in later, an RTSP server that comes up).
 
     Raises:
-        SourceError: the source cannot be opened.
+        SourceError: the source cannot be opened (never with ``retry``).
     """
     if spec.kind == "auto":
         for device in _video_devices():
@@ -455,8 +467,19 @@ def open_source(
             kind, spec.target, passthrough=passthrough, input_format=input_format,
             width=width, height=height, fps=fps,
         )  # fmt: skip
-        stream.open()
+        _open_or_retry(stream, retry)
         return stream
     source = CaptureSource(spec.kind, spec.target, width=width, height=height, fps=fps)
-    source.open()
+    _open_or_retry(source, retry)
     return source
+
+
+def _open_or_retry(source: CaptureSource | StreamSource, retry: bool) -> None:
+    """Open ``source`` now; with ``retry``, a failure is logged and left to its reader thread,
+    which shows "no signal" and reopens with backoff."""
+    try:
+        source.open()
+    except SourceError as exc:
+        if not retry:
+            raise
+        logger.warning("%s; showing 'no signal' and retrying", exc)
