@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from tests.netlab import (
     NetAiortcViewer,
     Router,
     chromium_in,
+    run,
     together,
 )
 from webrtc.ice import IceServer, PortRange, TurnSecret
@@ -208,6 +211,75 @@ async def forward_http(router: Router, here: Host, *servers: TestServer) -> None
     for server in servers:
         assert server.port is not None
         await router.forward("tcp", server.port, here.address)
+
+
+# -- the lab itself ------------------------------------------------------------------------------
+
+
+async def _receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
+    data, source = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(sock, 2048), 10)
+    return data, (str(source[0]), int(source[1]))
+
+
+async def test_routers_map_and_filter_as_cone_and_symmetric_nats_do(nat_lab: NatLab) -> None:
+    """Behind the cone router one socket keeps one public port (its own) whatever it sends to;
+    behind the symmetric one each destination sees another port. Both let in only the replies
+    of whom a packet went to: another socket at the same address is dropped."""
+    here, elsewhere = await nat_lab.here(), await nat_lab.host()
+    loop = asyncio.get_running_loop()
+    receivers = []
+    for host in (here, elsewhere):
+        sock = host.socket(socket.SOCK_DGRAM)
+        sock.bind((host.address, 0))
+        receivers.append(sock)
+    try:
+        for nat in (Nat.CONE, Nat.SYMMETRIC):
+            inside = await nat_lab.host(await nat_lab.router(nat))
+            with inside.socket(socket.SOCK_DGRAM) as sock:
+                sock.bind((inside.address, 0))
+                seen = []
+                for receiver in receivers:
+                    await loop.sock_sendto(sock, b"out", receiver.getsockname())
+                    seen.append((await _receive(receiver))[1])
+                assert {address for address, _ in seen} == {inside.public_address}, seen
+                ports = {port for _, port in seen}
+                if nat is Nat.CONE:
+                    assert ports == {sock.getsockname()[1]}, seen  # one mapping, port kept
+                else:
+                    assert len(ports) == 2, seen  # one mapping per destination
+                # Filtering: a stranger at the contacted address first, then the contacted one.
+                with here.socket(socket.SOCK_DGRAM) as stranger:
+                    stranger.bind((here.address, 0))
+                    await loop.sock_sendto(stranger, b"unasked", seen[0])
+                await loop.sock_sendto(receivers[0], b"reply", seen[0])
+                assert await _receive(sock) == (b"reply", receivers[0].getsockname())
+    finally:
+        for sock in receivers:
+            sock.close()
+
+
+async def test_the_lab_removes_everything_even_after_a_failure() -> None:
+    """Namespaces, the current namespace's veth and route, and coturn go with the lab."""
+    with pytest.raises(ZeroDivisionError):  # noqa: PT012 — the failure happens mid-test
+        async with NatLab() as lab:
+            router = await lab.router(Nat.SYMMETRIC)
+            host = await lab.host(router)
+            here = await lab.here(router)
+            await router.forward("udp", (40000, 40009), here.address)
+            await router.block_udp()
+            turn = await lab.coturn()
+            assert host.ns is not None
+            pids = [lab.internet.pid, router.ns.pid, host.ns.pid]
+            assert "natlab" in await run("ip", "-o", "link", "show")
+            assert "203.0.113.0/24 via" in await run("ip", "route")
+            assert "turnserver" in await run(*lab.internet.nsenter("ss", "-lntp"))
+            assert turn.port == 3478
+            _ = 1 / 0
+    assert "natlab" not in await run("ip", "-o", "link", "show")
+    assert "203.0.113." not in await run("ip", "route")
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # -- 1. viewer behind NAT, server public ----------------------------------------------------------
