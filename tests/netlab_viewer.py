@@ -7,7 +7,7 @@ decoded so far, ``ages_ms`` (the picture ages, from the capture-time bar, of the
 since the previous line), ``longest_gap_s`` (the longest time between two decoded frames so
 far), ``width``/``height``, ``ice`` (the ICE state, the types of the candidates on each side
 and the selected pair, once there is one); ``error`` if it could not connect, or, with
-``--connect-timeout S``, if no frame was decoded within S s (then it ends). Ends after
+``--connect-timeout S``, if no frame was decoded within S s of the answer (then it ends). Ends after
 ``--seconds``, on SIGTERM or when the track ends, closing its peer connection. ICE servers: the
 server's own list (``--config-ice-servers``, as the page does) and/or ``--ice-server URL``;
 ``--relay`` allows relayed candidates only.
@@ -127,12 +127,12 @@ async def run(args: argparse.Namespace) -> None:
     )
     deadline = None if args.seconds is None else loop.time() + args.seconds
     try:
-        started = loop.time()
         try:
             await viewer.connect()
         except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
             emit({"error": f"{type(exc).__name__}: {exc}"})
             return
+        started = loop.time()  # the answer is applied: ICE checks begin now
         while not (stop.is_set() or viewer.ended.is_set()):
             waited = loop.time() - started
             if (
