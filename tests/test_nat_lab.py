@@ -224,7 +224,8 @@ async def _receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
 async def test_routers_map_and_filter_as_cone_and_symmetric_nats_do(nat_lab: NatLab) -> None:
     """Behind the cone router one socket keeps one public port (its own) whatever it sends to;
     behind the symmetric one each destination sees another port. Both let in only the replies
-    of whom a packet went to: another socket at the same address is dropped."""
+    of whom a packet went to: another socket at the same address is dropped. A router without
+    NAT passes the private address on as it is."""
     here, elsewhere = await nat_lab.here(), await nat_lab.host()
     loop = asyncio.get_running_loop()
     receivers = []
@@ -233,7 +234,7 @@ async def test_routers_map_and_filter_as_cone_and_symmetric_nats_do(nat_lab: Nat
         sock.bind((host.address, 0))
         receivers.append(sock)
     try:
-        for nat in (Nat.CONE, Nat.SYMMETRIC):
+        for nat in (Nat.CONE, Nat.SYMMETRIC, Nat.NONE):
             inside = await nat_lab.host(await nat_lab.router(nat))
             with inside.socket(socket.SOCK_DGRAM) as sock:
                 sock.bind((inside.address, 0))
@@ -241,6 +242,9 @@ async def test_routers_map_and_filter_as_cone_and_symmetric_nats_do(nat_lab: Nat
                 for receiver in receivers:
                     await loop.sock_sendto(sock, b"out", receiver.getsockname())
                     seen.append((await _receive(receiver))[1])
+                if nat is Nat.NONE:
+                    assert seen == [sock.getsockname()] * 2, seen  # untranslated, unanswerable
+                    continue
                 assert {address for address, _ in seen} == {inside.public_address}, seen
                 ports = {port for _, port in seen}
                 if nat is Nat.CONE:
