@@ -14,6 +14,11 @@ pytest in ``unshare -n``) or the benchmark's. Clients run inside the viewer name
 ``nsenter``: Chromium through a wrapper script (:func:`chromium_in`), the aiortc viewer as a
 subprocess (:class:`NetAiortcViewer`, ``python -m tests.netlab_viewer``), and probe sockets made
 in a throwaway thread that entered the namespace (:meth:`ViewerNet.socket`).
+
+The NAT lab (:class:`NatLab`) builds real NATs from the same parts: an "internet" namespace with
+a bridge and coturn, :class:`Router` namespaces that translate (nftables masquerade, cone or
+symmetric), port forwards and UDP blocks, and :class:`Host` machines behind them (the current
+namespace, with the in-process server, can join as one). docs/netlab.md has both topologies.
 """
 
 from __future__ import annotations
