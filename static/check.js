@@ -107,8 +107,9 @@ async function tryPath(path, config) {
     const state = await connected;
     if (state !== "connected") return { status: "fails", detail: `no connection (${state})` };
     const pair = await selectedPair(pc);
-    // "Direct" must not count a path that only works through the server's own relay.
-    if (path.id === "direct" && pair && (pair.local === "relay" || pair.remote === "relay")) {
+    // "Direct" and "STUN" must not count a path that only works through the server's own
+    // relay (behind a symmetric NAT, STUN's path reaches the server's TURN allocation).
+    if (path.policy !== "relay" && pair && (pair.local === "relay" || pair.remote === "relay")) {
       return { status: "fails", detail: "only through the server's relay", pair };
     }
     if (path.policy === "relay" && pair && pair.local !== "relay") {

@@ -5,8 +5,12 @@
 Decodes peercam's video and prints one JSON object per line about every 0.5 s: ``frames``
 decoded so far, ``ages_ms`` (the picture ages, from the capture-time bar, of the frames decoded
 since the previous line), ``longest_gap_s`` (the longest time between two decoded frames so
-far), ``width``/``height``; ``error`` if it could not connect. Ends after ``--seconds``, on
-SIGTERM or when the track ends, closing its peer connection.
+far), ``width``/``height``, ``ice`` (the ICE state, the types of the candidates on each side
+and the selected pair, once there is one); ``error`` if it could not connect, or, with
+``--connect-timeout S``, if no frame was decoded within S s of the answer (then it ends). Ends after
+``--seconds``, on SIGTERM or when the track ends, closing its peer connection. ICE servers: the
+server's own list (``--config-ice-servers``, as the page does) and/or ``--ice-server URL``;
+``--relay`` allows relayed candidates only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+from aiortc import RTCIceServer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tests.aiortc_viewer import AiortcViewer
@@ -65,6 +70,31 @@ class GapViewer(AiortcViewer):
         finally:
             self.ended.set()
 
+    def ice(self) -> dict[str, Any]:
+        """The ICE state, candidate types on each side and the selected pair (aioice internals:
+        aiortc has no getStats for candidates)."""
+        if self.pc is None:
+            return {"state": "new", "local": [], "remote": [], "pair": None}
+        transport = self.pc.getTransceivers()[0].receiver.transport.transport
+        connection = transport._connection
+        pair = connection._nominated.get(1)
+        return {
+            "state": str(transport.state),
+            "local": sorted({c.type for c in connection.local_candidates}),
+            "remote": sorted({c.type for c in connection.remote_candidates}),
+            "pair": None if pair is None else {
+                "local": pair.local_candidate.type,
+                "remote": pair.remote_candidate.type,
+                "protocol": pair.local_candidate.transport,
+                # A relayed candidate's own transport is UDP; this is how it reaches the relay.
+                "relayProtocol": (
+                    connection.turn_transport if pair.local_candidate.type == "relay" else None
+                ),
+                "localAddress": f"{pair.local_candidate.host}:{pair.local_candidate.port}",
+                "remoteAddress": f"{pair.remote_candidate.host}:{pair.remote_candidate.port}",
+            },
+        }  # fmt: skip
+
     def line(self) -> dict[str, Any]:
         ages, self.unreported_ages = self.unreported_ages, []
         return {
@@ -73,6 +103,7 @@ class GapViewer(AiortcViewer):
             "longest_gap_s": round(self.longest_gap_s, 4),
             "width": self.received.width,
             "height": self.received.height,
+            "ice": self.ice(),
         }
 
 
@@ -87,7 +118,12 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     viewer = GapViewer(
-        args.ws, codec=args.codec, local_addresses=[args.address] if args.address else []
+        args.ws,
+        codec=args.codec,
+        local_addresses=[args.address] if args.address else [],
+        ice_servers=[RTCIceServer(url) for url in args.ice_server],
+        use_config_ice_servers=args.config_ice_servers,
+        relay_only=args.relay,
     )
     deadline = None if args.seconds is None else loop.time() + args.seconds
     try:
@@ -96,7 +132,16 @@ async def run(args: argparse.Namespace) -> None:
         except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
             emit({"error": f"{type(exc).__name__}: {exc}"})
             return
+        started = loop.time()  # the answer is applied: ICE checks begin now
         while not (stop.is_set() or viewer.ended.is_set()):
+            waited = loop.time() - started
+            if (
+                args.connect_timeout
+                and not viewer.received.frames
+                and waited >= args.connect_timeout
+            ):
+                emit({**viewer.line(), "error": f"no frame within {args.connect_timeout:g} s"})
+                return
             left = REPORT_EVERY if deadline is None else deadline - loop.time()
             timeout = min(REPORT_EVERY, left)
             if timeout <= 0:
@@ -120,6 +165,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--address",
         help="the local address ICE announces (default: every interface but loopback)",
+    )
+    parser.add_argument(
+        "--config-ice-servers",
+        action="store_true",
+        help="use the ICE servers the server's config message gives (as the page does)",
+    )
+    parser.add_argument(
+        "--ice-server", action="append", default=[], help="a STUN server URL (repeatable)"
+    )
+    parser.add_argument("--relay", action="store_true", help="relayed candidates only")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        help="end with an error if no frame is decoded within this many seconds",
     )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
