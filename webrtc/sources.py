@@ -11,7 +11,6 @@ Spec forms (``--source``): ``auto``, ``test``, a camera index (``0``) or device
 from __future__ import annotations
 
 import abc
-import glob
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import cv2
 import numpy as np
 
-from . import timebar
+from . import discovery, timebar
 from .errors import SourceError
 from .frames import CapturedFrame, Image
 from .latest import Latest
@@ -273,15 +272,16 @@ class CaptureSource(Source):
                     hint = ": permission denied (add the user to the 'video' group)"
             raise SourceError(f"cannot open {self.description}{hint}")
         if self.kind == "camera":
-            width, height, fps = self._want
-            # MJPG lets USB cameras reach full frame rate at high resolutions; a camera that
-            # does not offer it keeps its own format.
-            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
-            capture.set(cv2.CAP_PROP_FRAME_WIDTH, width or 1280)
-            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height or 720)
-            capture.set(cv2.CAP_PROP_FPS, fps or 30)
+            # What --list-cameras predicts from (webrtc.discovery.CAMERA_REQUEST): MJPG lets USB
+            # cameras reach full frame rate at high resolutions; a camera that does not offer
+            # it keeps its own format.
+            want = discovery.CAMERA_REQUEST.with_overrides(*self._want)
+            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*want.fourcc))
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, want.width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, want.height)
+            capture.set(cv2.CAP_PROP_FPS, want.fps)
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest picture, not a stale queue
-            self.fps = capture.get(cv2.CAP_PROP_FPS) or fps or 30.0
+            self.fps = capture.get(cv2.CAP_PROP_FPS) or want.fps
         elif self.kind == "file":
             native = capture.get(cv2.CAP_PROP_FPS)
             self.fps = self._want[2] or (native if 0 < native <= 240 else 30.0)
@@ -415,10 +415,8 @@ def redact_url(text: str) -> str:
 
 
 def _video_devices() -> list[str]:
-    def number(path: str) -> int:
-        return int(re.sub(r"\D", "", path) or 0)
-
-    return sorted(glob.glob("/dev/video[0-9]*"), key=number)
+    # The order --list-cameras shows and predicts from (webrtc.discovery).
+    return [str(path) for path in discovery.device_paths()]
 
 
 def open_source(
