@@ -86,6 +86,8 @@ class Source(abc.ABC):
         self.frames: Latest[CapturedFrame] = Latest()
         self.state: SourceState = "starting"
         self.last_error: str | None = None
+        #: Times the source was lost and reconnecting began (read by /metrics).
+        self.reconnects = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._index = 0
@@ -355,6 +357,7 @@ class CaptureSource(Source):
             logger.warning("%s; retrying", message)
         if self._lost_at is None:
             self._lost_at = time.monotonic()
+            self.reconnects += 1
         self.state = "reconnecting"
         self.last_error = message
 
