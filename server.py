@@ -25,6 +25,7 @@ import ifaddr
 from pythonjsonlogger.json import JsonFormatter
 
 from signaling import limits, tls
+from signaling.announce import announce
 from signaling.app import create_app, open_sources
 from signaling.config import (
     DEFAULT_CAMERA,
@@ -572,9 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     watching = ", ".join(f"{name}: {s.description}" for name, s in sources.items())
     fds = limits.raise_fd_limit()
     logger.debug("file-descriptor limit %d", fds)
-    # The one place the token is logged: the URL the user opens.
-    for url in _viewing_urls(config, ssl_context is not None):
-        logger.info("open %s to watch %s", url, watching)
+    # The one place the token is logged: the URLs the user opens (and a QR code on a terminal).
+    announce(_viewing_urls(config, ssl_context is not None), watching, sys.stdout)
     asyncio.run(serve(app, config, ssl_context))
     return 0
 
