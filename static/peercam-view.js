@@ -7,6 +7,8 @@ const RECONNECT_MAX_MS = 10000;
 const STATS_INTERVAL_MS = 1000;
 // Every this many overlay updates the page tells the server what it sees (/metrics).
 const REPORT_EVERY_STATS = 5;
+// Errors in reply to these are logged, never shown: the picture is not affected.
+const QUIET_REPLIES = new Set(["candidate", "viewer-stats"]);
 const DEFAULT_FALLBACK_S = 5;
 // After the first frame: no new frame for this long is a stall (never "playing" over a frozen
 // picture): ask for a keyframe; still none later: renegotiate; then fall back to JPEG.
@@ -326,8 +328,8 @@ class PeercamView extends HTMLElement {
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
           const reason = OFFER_REFUSALS.has(msg.code) ? msg.code : "offer-error";
           this.#fallBack(reason, `${msg.code}: ${msg.message}`);
-        } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
-          // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
+        } else if (!QUIET_REPLIES.has(msg.inReplyTo) && this.#info.state !== "failed") {
+          // A refused candidate (an mDNS name, say) or report is not fatal: logged, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
         break;
