@@ -1,9 +1,10 @@
 """`peercam --list-cameras`: every V4L2 device, what it offers, and what `auto` would take.
 
 A fake /dev + /sys tree stands in for the hardware: each fake node holds a JSON fixture that a
-fake probe reads into the same :class:`DeviceInfo` the linuxpy probe returns. The linuxpy probe
-itself is run against a real character device that is not a camera, and against real cameras
-where the machine has one (vivid or v4l2loopback; this kernel has no loadable modules).
+fake probe reads into the same :class:`DeviceInfo` the linuxpy probe returns. The probe's
+conversion is fed linuxpy's own result types; the probe itself runs against a real character
+device that is not a camera, and against real cameras where the machine has one (vivid or
+v4l2loopback; this kernel has no loadable modules).
 """
 
 from __future__ import annotations
@@ -247,3 +248,89 @@ def test_the_cli_lists_this_machines_cameras_and_exits_0() -> None:
     for node in nodes:
         assert f"{node}:" in done.stdout
     assert "--source auto would use" in done.stdout.splitlines()[-1]
+
+
+class _LinuxpyInfo:
+    """What linuxpy's ``InfoEx`` returns for a device, in linuxpy's own types (no ioctl)."""
+
+    def __init__(self, capabilities: Any, formats: dict[Any, list[Any]]) -> None:
+        from linuxpy.video import device as v4l2
+
+        self.v4l2 = v4l2
+        self.card, self.driver, self.bus_info = "Cam", "uvcvideo", "usb-0000:00:14.0-1"
+        self.device_capabilities = capabilities
+        self._formats = formats  # pixel format → [(size struct, [fps, …]) …]
+
+    def buffer_formats(self, buffer_type: Any) -> list[Any]:
+        v4l2 = self.v4l2
+        assert buffer_type == v4l2.BufferType.VIDEO_CAPTURE
+        names = {v4l2.PixelFormat.MJPEG: "Motion-JPEG", v4l2.PixelFormat.YUV420: "Planar YUV"}
+        return [
+            v4l2.ImageFormat(buffer_type, names[pf], v4l2.ImageFormatFlag(0), pf)
+            for pf in self._formats
+        ]
+
+    def format_frame_sizes(self, pixel_format: Any) -> list[Any]:
+        v4l2 = self.v4l2
+        out = []
+        for i, (size, _) in enumerate(self._formats[pixel_format]):
+            stepwise = isinstance(size, v4l2.raw.v4l2_frmsize_stepwise)
+            kind = v4l2.FrameSizeType.STEPWISE if stepwise else v4l2.FrameSizeType.DISCRETE
+            out.append(v4l2.FrameSize(i, pixel_format, kind, size))
+        return out
+
+    def fps_intervals(self, pixel_format: Any, width: int, height: int) -> list[Any]:
+        v4l2 = self.v4l2
+        for size, rates in self._formats[pixel_format]:
+            if getattr(size, "width", None) == width and size.height == height:
+                return [
+                    v4l2.FrameType(
+                        v4l2.FrameIntervalType.DISCRETE, pixel_format, width, height, r, r, r
+                    )
+                    for r in rates
+                ]
+        raise AssertionError("asked for a size the device did not offer")
+
+
+def test_linuxpy_results_become_device_info() -> None:
+    """The conversion behind the probe, fed linuxpy's own result types: discrete sizes with
+    their rates (30000/1001 stays 29.97), a stepwise range, and a node that cannot capture."""
+    from fractions import Fraction
+
+    from linuxpy.video import device as v4l2
+
+    raw = v4l2.raw
+    info = _LinuxpyInfo(
+        v4l2.Capability.VIDEO_CAPTURE | v4l2.Capability.STREAMING,
+        {
+            v4l2.PixelFormat.MJPEG: [
+                (raw.v4l2_frmsize_discrete(1280, 720), [Fraction(30), Fraction(15)]),
+                (raw.v4l2_frmsize_discrete(640, 480), [Fraction(30000, 1001)]),
+                (raw.v4l2_frmsize_discrete(320, 240), []),  # the driver gave no rates
+            ],
+            v4l2.PixelFormat.YUV420: [(raw.v4l2_frmsize_stepwise(32, 2592, 2, 32, 1944, 2), [])],
+        },
+    )
+    device = discovery.describe(Path("/dev/video0"), info)
+    assert device == DeviceInfo(
+        "/dev/video0",
+        "Cam",
+        "uvcvideo",
+        "usb-0000:00:14.0-1",
+        True,
+        (
+            PixelFormatInfo(
+                "MJPG",
+                "Motion-JPEG",
+                (
+                    FrameSize(1280, 720, (15.0, 30.0)),
+                    FrameSize(640, 480, (30000 / 1001,)),
+                    FrameSize(320, 240, ()),
+                ),
+            ),
+            PixelFormatInfo("YU12", "Planar YUV", (), SizeRange(32, 32, 2592, 1944, 2, 2)),
+        ),
+    )
+    assert "640x480@29.97 320x240" in format_listing([device], choose_auto([device]))
+    metadata = _LinuxpyInfo(v4l2.Capability.META_CAPTURE | v4l2.Capability.STREAMING, {})
+    assert discovery.describe(Path("/dev/video1"), metadata).capture is False

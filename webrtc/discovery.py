@@ -2,9 +2,10 @@
 
 Two halves with a thin seam between them:
 
-- :func:`probe_device` asks one ``/dev/videoN`` through linuxpy (QUERYCAP, ENUM_FMT,
-  ENUM_FRAMESIZES, ENUM_FRAMEINTERVALS) and returns plain :class:`DeviceInfo` data. It is the
-  only part that needs a real device; nothing else here issues an ioctl.
+- :func:`probe_device` opens one ``/dev/videoN`` with linuxpy, which asks it (QUERYCAP,
+  ENUM_FMT, ENUM_FRAMESIZES, ENUM_FRAMEINTERVALS); :func:`describe` turns linuxpy's answers
+  into plain :class:`DeviceInfo` data. Opening and the ioctls are the only part that needs a
+  real device; nothing else here issues one.
 - :func:`list_devices`, :func:`choose_auto` and :func:`format_listing` work on that data
   alone: tests build a fake ``/dev`` + ``/sys`` tree and a probe that reads fixtures.
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -256,34 +258,47 @@ def probe_device(path: Path) -> DeviceInfo:
     from linuxpy.video import device as v4l2  # imported here: the listing alone needs it
 
     with v4l2.Device(str(path)) as camera:
-        info = camera.info
-        capture = v4l2.Capability.VIDEO_CAPTURE in info.device_capabilities
-        formats = []
-        if capture:
-            for fmt in info.buffer_formats(v4l2.BufferType.VIDEO_CAPTURE):
-                sizes: list[FrameSize] = []
-                size_range = None
-                for frame_size in info.format_frame_sizes(fmt.pixel_format):
-                    s = frame_size.info
-                    if frame_size.type == v4l2.FrameSizeType.DISCRETE:
-                        rates = {
-                            rate
-                            for t in info.fps_intervals(fmt.pixel_format, s.width, s.height)
-                            for rate in (_fps(t.min_fps), _fps(t.max_fps))
-                            if rate is not None
-                        }
-                        sizes.append(FrameSize(s.width, s.height, tuple(sorted(rates))))
-                    else:
-                        size_range = SizeRange(
-                            s.min_width, s.min_height, s.max_width, s.max_height,
-                            s.step_width, s.step_height,
-                        )  # fmt: skip
-                formats.append(
-                    PixelFormatInfo(
-                        v4l2.human_pixel_format(fmt.pixel_format),
-                        fmt.description,
-                        tuple(sizes),
-                        size_range,
-                    )
-                )
-        return DeviceInfo(str(path), info.card, info.driver, info.bus_info, capture, tuple(formats))
+        return describe(path, camera.info)
+
+
+def describe(path: Path, info: Any) -> DeviceInfo:
+    """A device's linuxpy ``InfoEx`` (what QUERYCAP and the ENUM ioctls return) as plain data.
+
+    ``info`` is duck-typed so tests can hand in linuxpy's own result types without a device:
+    ``card``, ``driver``, ``bus_info``, ``device_capabilities``, ``buffer_formats()``,
+    ``format_frame_sizes()`` and ``fps_intervals()``.
+
+    Raises:
+        OSError: an ioctl failed.
+    """
+    from linuxpy.video import device as v4l2
+
+    capture = v4l2.Capability.VIDEO_CAPTURE in info.device_capabilities
+    formats = []
+    for fmt in info.buffer_formats(v4l2.BufferType.VIDEO_CAPTURE) if capture else ():
+        sizes: list[FrameSize] = []
+        size_range = None
+        for frame_size in info.format_frame_sizes(fmt.pixel_format):
+            s = frame_size.info
+            if frame_size.type == v4l2.FrameSizeType.DISCRETE:
+                rates = {
+                    rate
+                    for t in info.fps_intervals(fmt.pixel_format, s.width, s.height)
+                    for rate in (_fps(t.min_fps), _fps(t.max_fps))
+                    if rate is not None
+                }
+                sizes.append(FrameSize(s.width, s.height, tuple(sorted(rates))))
+            else:  # stepwise or continuous: one range for the format
+                size_range = SizeRange(
+                    s.min_width, s.min_height, s.max_width, s.max_height,
+                    s.step_width, s.step_height,
+                )  # fmt: skip
+        formats.append(
+            PixelFormatInfo(
+                v4l2.human_pixel_format(fmt.pixel_format),
+                fmt.description,
+                tuple(sizes),
+                size_range,
+            )
+        )
+    return DeviceInfo(str(path), info.card, info.driver, info.bus_info, capture, tuple(formats))
