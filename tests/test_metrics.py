@@ -296,3 +296,17 @@ async def test_the_page_reports_what_it_sees(server: TestServer, browser: Browse
         assert fps.sum / fps.count > 5  # the test pattern runs at 30 fps
     finally:
         await context.close()
+
+
+async def test_status_process_figures_agree_with_the_process_collector(server: TestServer) -> None:
+    """/api/status (psutil) and /metrics (prometheus-client) read the same process."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.make_url("/api/status")) as response,
+    ):
+        process = (await response.json())["process"]
+    scraped = await scrape(server)
+    rss = scraped.value("process_resident_memory_bytes")
+    assert abs(process["rssMb"] * 2**20 - rss) < 0.2 * rss, (process, rss)
+    assert abs(process["fds"] - scraped.value("process_open_fds")) <= 8, process
+    assert process["tasks"] > 0
