@@ -687,7 +687,9 @@ class PeercamView extends HTMLElement {
     const freezes = Math.max(0, i.stalls - this.#report.stalls);
     this.#report.stalls = i.stalls;
     const clamp = (value, low, high) => Math.min(high, Math.max(low, value));
-    const age = i.latencyMs; // null where the page cannot measure it
+    // Measurable in JPEG mode only (each picture carries its capture time); a WebRTC picture
+    // does not, so a value left from an earlier JPEG spell must not be sent as its age.
+    const age = i.mode === "JPEG" ? i.latencyMs : null;
     this.#send({
       type: "viewer-stats",
       fps: clamp(Math.round(i.fps * 10) / 10, 0, 240),
