@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import io
 import json
 import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,19 +31,44 @@ def _unit() -> configparser.RawConfigParser:
     return parser
 
 
-def _accepted(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``peercam`` with ``args`` and ``--list-cameras``: every flag is parsed
-    and type-checked, the entry point runs, and nothing is served."""
-    return subprocess.run(
-        [str(PEERCAM), *args, "--list-cameras"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_the_unit_runs_peercam_sandboxed_in_the_video_group() -> None:
+def _docker_command() -> list[str]:
+    by_name = _instructions()
+    return [*json.loads(by_name["ENTRYPOINT"][0]), *json.loads(by_name["CMD"][0])]
+
+
+@pytest.fixture(scope="module")
+def accepted() -> dict[str, Run]:
+    """The unit's ExecStart and the image's ENTRYPOINT + CMD, run with this install's
+    ``peercam`` and ``--list-cameras`` appended: every flag is parsed and type-checked, the
+    entry point runs, nothing is served. Both at once: each spends seconds importing."""
+    commands = {
+        "unit": shlex.split(_unit()["Service"]["ExecStart"]),
+        "docker": _docker_command(),
+    }
+    processes = {
+        name: subprocess.Popen(
+            [str(PEERCAM), *command[1:], "--list-cameras"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, command in commands.items()
+    }
+    runs = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=60)
+        runs[name] = Run(process.returncode, stdout, stderr)
+    return runs
+
+
+def test_the_unit_runs_peercam_sandboxed_in_the_video_group(accepted: dict[str, Run]) -> None:
     service = _unit()["Service"]
     assert service.get("DynamicUser") == "yes" or service.get("User", "root") not in ("root", "0")
     assert "video" in service["SupplementaryGroups"].split()
@@ -53,7 +80,7 @@ def test_the_unit_runs_peercam_sandboxed_in_the_video_group() -> None:
     assert "PrivateDevices" not in service  # it would hide /dev/video*
     command = shlex.split(service["ExecStart"])
     assert Path(command[0]).name == "peercam"
-    done = _accepted(command[1:])
+    done = accepted["unit"]
     assert done.returncode == 0, done.stderr
     assert "--source auto would use" in done.stdout
     assert _unit()["Install"]["WantedBy"] == "multi-user.target"
@@ -80,8 +107,15 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path: Path) -> None:
 
 
 def _dockerfile() -> DockerfileParser:
-    parser = DockerfileParser(fileobj=(ROOT / "Dockerfile").open("rb"))
-    return parser
+    return DockerfileParser(fileobj=io.BytesIO((ROOT / "Dockerfile").read_bytes()))
+
+
+def _instructions() -> dict[str, list[str]]:
+    """The Dockerfile's instructions' values by instruction name, in order."""
+    by_name: dict[str, list[str]] = {}
+    for instruction in _dockerfile().structure:
+        by_name.setdefault(instruction["instruction"], []).append(instruction["value"])
+    return by_name
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -119,15 +153,15 @@ def test_the_dockerfile_copies_what_peercam_needs_from_the_context() -> None:
     assert _ignored(".git", ignore)
 
 
-def test_the_dockerfile_runs_the_peercam_console_script_as_non_root() -> None:
+def test_the_dockerfile_runs_the_peercam_console_script_as_non_root(
+    accepted: dict[str, Run],
+) -> None:
     parser = _dockerfile()
     image, _, tag = parser.baseimage.partition(":")
     assert image == "python"
     assert "slim" in tag
     assert "bookworm" in tag  # Debian 12, as the machines the tests run on
-    by_name: dict[str, list[str]] = {}
-    for instruction in parser.structure:
-        by_name.setdefault(instruction["instruction"], []).append(instruction["value"])
+    by_name = _instructions()
     assert any("pip install" in run for run in by_name["RUN"])
     (user,) = by_name["USER"]
     assert user not in ("root", "0")
@@ -140,6 +174,6 @@ def test_the_dockerfile_runs_the_peercam_console_script_as_non_root() -> None:
     args = json.loads(cmd)
     port = args[args.index("--port") + 1]
     assert by_name["EXPOSE"] == [f"{port}/tcp"]
-    done = _accepted(args)
+    done = accepted["docker"]
     assert done.returncode == 0, done.stderr
     assert "--source auto would use" in done.stdout
