@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,11 +18,12 @@ from prometheus_client.samples import Sample
 
 from signaling import messages
 from signaling.app import create_app
+from signaling.config import CameraConfig
 from signaling.metrics import REGISTRY_KEY, _Kept
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import LOOPBACK_CONFIG, ServerFactory, eventually, service_of, ws_url
 from tests.test_faults import HEIGHT, WIDTH, FakeCamera
-from webrtc.sources import CaptureSource
+from webrtc.sources import CaptureSource, SourceSpec, TestPatternSource
 
 Labels = dict[str, str]
 
@@ -323,3 +325,45 @@ async def test_status_process_figures_agree_with_the_process_collector(server: T
     assert abs(process["rssMb"] * 2**20 - rss) < 0.2 * rss, (process, rss)
     assert abs(process["fds"] - scraped.value("process_open_fds")) <= 8, process
     assert process["tasks"] > 0
+
+
+async def test_every_camera_has_its_own_series() -> None:
+    """Several cameras: one scrape of the root names each, and a viewer of one camera, or
+    one camera failing, shows under that camera only."""
+    cameras = (
+        CameraConfig("yard", SourceSpec("test")),
+        CameraConfig("door", SourceSpec("camera", "/dev/video74")),
+    )
+    door_camera = FakeCamera()
+    door_camera.plugged.clear()  # unplugged from the start: "no signal", retried
+    door = CaptureSource(
+        "camera", "/dev/video74", width=WIDTH, height=HEIGHT, device_factory=door_camera.open
+    )
+    config = replace(LOOPBACK_CONFIG, cameras=cameras)
+    sources = {"yard": TestPatternSource(), "door": door}
+    server = TestServer(create_app(config, sources=sources), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/cam/yard/ws")).replace("http://", "ws://")
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.receive_json(timeout=10)
+            await ws.send_json({"type": "jpeg"})
+            await _jpeg_pictures(ws, 3)
+            await eventually(lambda: door.state == "reconnecting")
+            scraped = await scrape(server)
+        assert scraped.value("peercam_viewers", camera="yard", mode="jpeg") == 1
+        assert scraped.value("peercam_viewers", camera="door", mode="jpeg") == 0
+        assert scraped.value("peercam_frames_sent_total", camera="yard", mode="jpeg") >= 3
+        assert scraped.value("peercam_frames_sent_total", camera="door", mode="jpeg") == 0
+        assert scraped.value("peercam_source_state", camera="yard", state="live") == 1
+        assert scraped.value("peercam_source_state", camera="door", state="reconnecting") == 1
+        assert scraped.value("peercam_source_reconnects_total", camera="door") == 1
+        assert scraped.value("peercam_source_reconnects_total", camera="yard") == 0
+        # The root serves it, no camera does.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(server.make_url("/cam/yard/metrics")) as response,
+        ):
+            assert response.status == 404
+    finally:
+        await server.close()
