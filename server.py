@@ -25,6 +25,7 @@ import ifaddr
 from pythonjsonlogger.json import JsonFormatter
 
 from signaling import limits, tls
+from signaling.announce import announce
 from signaling.app import create_app, open_sources
 from signaling.config import (
     DEFAULT_CAMERA,
@@ -38,6 +39,7 @@ from signaling.listener import serve
 from signaling.options import CameraTable, Layered, OptionError, layered
 from signaling.proxy import parse_network
 from signaling.security import generate_token, normalize_host, normalize_origin
+from webrtc import discovery
 from webrtc.encoders import Codec, select_h264_encoder
 from webrtc.errors import SourceError
 from webrtc.ice import IceServer, PortRange, TurnSecret
@@ -80,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="print the configuration peercam would run with (secrets hidden) and exit",
+    )
+    p.add_argument(
+        "--list-cameras",
+        action="store_true",
+        help="list every V4L2 camera, its formats, sizes and rates, and which one --source "
+        "auto would take (at --width/--height/--fps), then exit",
     )
     p.add_argument("--width", type=int, help="capture width (camera 1280, test pattern 640)")
     p.add_argument("--height", type=int, help="capture height (camera 720, test pattern 480)")
@@ -478,6 +486,14 @@ def _viewing_urls(config: Config, secure: bool) -> list[str]:
     return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{config.port}/{query}" for h in hosts]
 
 
+def _list_cameras(args: argparse.Namespace) -> int:
+    """``--list-cameras``: the CLI's own output, on stdout."""
+    devices = discovery.list_devices()
+    request = discovery.CAMERA_REQUEST.with_overrides(args.width, args.height, args.fps)
+    sys.stdout.write(discovery.format_listing(devices, discovery.choose_auto(devices, request)))
+    return 0
+
+
 def _limit_malloc_arenas() -> None:
     """Two glibc malloc arenas instead of eight per core.
 
@@ -534,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as exc:
         parser.error(str(exc))
     args = options.namespace()
+    if args.list_cameras:
+        return _list_cameras(args)
     config = build_config(parser, options, args)
     logging.getLogger().handlers.clear()
     _setup_logging(config.log_level, config.log_format)
@@ -555,9 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     watching = ", ".join(f"{name}: {s.description}" for name, s in sources.items())
     fds = limits.raise_fd_limit()
     logger.debug("file-descriptor limit %d", fds)
-    # The one place the token is logged: the URL the user opens.
-    for url in _viewing_urls(config, ssl_context is not None):
-        logger.info("open %s to watch %s", url, watching)
+    # The one place the token is logged: the URLs the user opens (and a QR code on a terminal).
+    announce(_viewing_urls(config, ssl_context is not None), watching, sys.stdout)
     asyncio.run(serve(app, config, ssl_context))
     return 0
 

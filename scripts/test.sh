@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need (Debian's chromium, firefox-esr, WebKitGTK's driver, coturn, nginx
-# and caddy, the test extra in .venv, puppeteer-core for the Firefox tests and the WHEP players),
+# Install what the tests need (Debian's chromium, firefox-esr, WebKitGTK's driver, coturn, nginx,
+# caddy and systemd (systemd-analyze), the test extra in .venv, puppeteer-core for the Firefox tests and the WHEP players),
 # then lint, type-check and run the whole suite, inside a loopback-only network namespace when
 # the machine allows it.
 # Arguments go to pytest:  scripts/test.sh -k browser
@@ -11,6 +11,8 @@ apt_install chromium coturn nftables nginx caddy firefox-esr webkit2gtk-driver x
 # The RTSP camera of the pass-through tests (tests/rtsp_server.py, run by the system python3).
 apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 \
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+# systemd-analyze, for the unit's check (tests/test_deploy_units.py).
+apt_install systemd
 ensure_venv test
 npm_install "$ROOT/tests/whep"  # the WHEP players (whip-whep, Eyevinn's), bundled by the test
 npm_install "$ROOT/tests/firefox"  # puppeteer-core

@@ -32,6 +32,7 @@ from webrtc.sources import Source, open_source
 from webrtc.tiles import TileFeed
 
 from .config import CameraConfig, Config
+from .metrics import add_metrics
 from .monitor import LoopLagMonitor
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler, tile_handler
 from .security import ClientLimits, add_cors_headers, security_middleware
@@ -221,6 +222,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/status", _status)
     app.router.add_get("/api/cameras", _cameras)
+    add_metrics(app, site.cameras.items())  # every camera, read at each scrape
     add_camera_routes(app)  # the default camera's, at today's paths
     app.router.add_get("/capture", _page("capture.html"))
     app.router.add_get("/check", _page("check.html"))

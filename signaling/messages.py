@@ -86,7 +86,20 @@ class KeyframeRequest:
     """The page saw no new picture for a while (WebRTC): an IDR, please."""
 
 
-ClientMessage: TypeAlias = Offer | Candidate | Bye | JpegRequest | Ack | KeyframeRequest
+@dataclass(frozen=True, slots=True)
+class ViewerStats:
+    """What the viewer saw over the last few seconds, as the page measured it (for /metrics)."""
+
+    fps: float
+    #: Pictures that froze (no new frame for 2 s) since the previous report.
+    freezes: int
+    #: Capture-to-display time of the newest picture, ms, where the page can measure it.
+    picture_age_ms: float | None = None
+
+
+ClientMessage: TypeAlias = (
+    Offer | Candidate | Bye | JpegRequest | Ack | KeyframeRequest | ViewerStats
+)
 
 
 def _field(
@@ -144,6 +157,29 @@ def _parse_jpeg(data: Mapping[str, Any]) -> JpegRequest:
     return JpegRequest(quality, max_width, None if max_fps is None else float(max_fps), reason)
 
 
+#: Bounds of a viewer's report: beyond them it is a broken or lying client, refused.
+MAX_REPORTED_FPS = 240.0
+MAX_REPORTED_FREEZES = 1000
+MAX_REPORTED_AGE_MS = 3_600_000.0
+
+
+def _parse_viewer_stats(data: Mapping[str, Any]) -> ViewerStats:
+    kind = "viewer-stats"
+    fps = _field(data, "fps", (int, float), "a number", required=True)
+    if not 0 <= fps <= MAX_REPORTED_FPS:  # also refuses NaN
+        raise ProtocolError("invalid-field", f"'fps' must be 0-{MAX_REPORTED_FPS:g}", kind)
+    freezes = _field(data, "freezes", int, "an integer", required=True)
+    if not 0 <= freezes <= MAX_REPORTED_FREEZES:
+        raise ProtocolError("invalid-field", f"'freezes' must be 0-{MAX_REPORTED_FREEZES}", kind)
+    age = _field(data, "pictureAgeMs", (int, float), "a number or null", required=False)
+    # A few ms below zero is two clocks that disagree (the page's and the capture's): clamp.
+    if age is not None and not -1000 <= age <= MAX_REPORTED_AGE_MS:
+        raise ProtocolError(
+            "invalid-field", f"'pictureAgeMs' must be -1000-{MAX_REPORTED_AGE_MS:g}", kind
+        )
+    return ViewerStats(float(fps), freezes, None if age is None else max(0.0, float(age)))
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "offer": _parse_offer,
     "candidate": _parse_candidate,
@@ -151,6 +187,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "jpeg": _parse_jpeg,
     "ack": lambda data: Ack(),
     "keyframe": lambda data: KeyframeRequest(),
+    "viewer-stats": _parse_viewer_stats,
 }
 
 

@@ -157,6 +157,13 @@ class ViewerSession:
                             "unexpected", "no WebRTC session to send a keyframe on", "keyframe"
                         )
                     self._peer.request_keyframe()
+                case messages.ViewerStats():
+                    mode = "webrtc" if self._peer else "jpeg" if self._jpeg else None
+                    if mode is None:
+                        raise messages.ProtocolError(
+                            "unexpected", "viewer-stats before any video", "viewer-stats"
+                        )
+                    self._service.viewer_reports.record(mode, message)
         except messages.ProtocolError as exc:
             await self._send_error(exc)
         except NegotiationError as exc:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import psutil
 from aiohttp import web
 
 from webrtc.encoders import Codec, EncoderPool
@@ -25,6 +24,7 @@ from .config import CameraConfig, Config
 
 if TYPE_CHECKING:
     from .pictures import JpegStream
+from .metrics import ViewerReports
 from .monitor import LoopLagMonitor
 
 
@@ -57,6 +57,8 @@ class Service:
     #: Open long-lived connections per client: the site's one counter, shared by every camera
     #: (``Site.connections``), so the per-address cap counts across cameras.
     connections: Counter[str] = field(default_factory=Counter)
+    #: What viewers reported seeing (viewer-stats messages), for /metrics.
+    viewer_reports: ViewerReports = field(default_factory=ViewerReports)
 
     @property
     def name(self) -> str:
@@ -200,13 +202,11 @@ def trim_heap() -> None:
 
 def _process_status() -> dict[str, float | int]:
     """Tasks, open files and memory of this process: what a leak would show first."""
-    rss_kb = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
-    try:
-        fds = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        fds = -1
-    return {"tasks": len(asyncio.all_tasks()), "fds": fds, "rssMb": round(rss_kb / 1024, 1)}
+    process = psutil.Process()
+    with process.oneshot():
+        rss = process.memory_info().rss
+        try:
+            fds = process.num_fds()
+        except (psutil.Error, AttributeError):  # AttributeError: not on this platform
+            fds = -1
+    return {"tasks": len(asyncio.all_tasks()), "fds": fds, "rssMb": round(rss / 2**20, 1)}

@@ -5,6 +5,10 @@
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 10000;
 const STATS_INTERVAL_MS = 1000;
+// Every this many overlay updates the page tells the server what it sees (/metrics).
+const REPORT_EVERY_STATS = 5;
+// Errors in reply to these are logged, never shown: the picture is not affected.
+const QUIET_REPLIES = new Set(["candidate", "viewer-stats"]);
 const DEFAULT_FALLBACK_S = 5;
 // After the first frame: no new frame for this long is a stall (never "playing" over a frozen
 // picture): ask for a keyframe; still none later: renegotiate; then fall back to JPEG.
@@ -111,6 +115,7 @@ class PeercamView extends HTMLElement {
   #info = { mode: "—", codec: "—", state: "connecting", fps: 0, latencyMs: null, error: "",
             fallbackReason: null, framesDrawn: 0, rung: null, stalls: 0, renegotiations: 0 };
   #lastCount = { frames: 0, at: 0 };
+  #report = { polls: 0, stalls: 0 }; // viewer-stats: polls since the last one, stalls reported
   #jpeg = { busy: false, pending: null };
   #wakeLock = null;
   #playButton;
@@ -323,8 +328,8 @@ class PeercamView extends HTMLElement {
         if (msg.inReplyTo === "offer" && this.#info.mode === "WebRTC") {
           const reason = OFFER_REFUSALS.has(msg.code) ? msg.code : "offer-error";
           this.#fallBack(reason, `${msg.code}: ${msg.message}`);
-        } else if (msg.inReplyTo !== "candidate" && this.#info.state !== "failed") {
-          // A refused candidate (an mDNS name, say) is not fatal: logged above, not shown.
+        } else if (!QUIET_REPLIES.has(msg.inReplyTo) && this.#info.state !== "failed") {
+          // A refused candidate (an mDNS name, say) or report is not fatal: logged, not shown.
           this.#set({ error: `${msg.code}: ${msg.message}` });
         }
         break;
@@ -670,6 +675,27 @@ class PeercamView extends HTMLElement {
     }
     this.#lastCount = { frames, at: now };
     this.#render();
+    this.#reportStats();
+  }
+
+  #reportStats() {
+    // What this viewer sees, for the server's /metrics (docs/protocol.md, "viewer-stats").
+    const i = this.#info;
+    if (++this.#report.polls < REPORT_EVERY_STATS) return;
+    if (i.state !== "playing" && i.state !== "stalled") return;
+    this.#report.polls = 0;
+    const freezes = Math.max(0, i.stalls - this.#report.stalls);
+    this.#report.stalls = i.stalls;
+    const clamp = (value, low, high) => Math.min(high, Math.max(low, value));
+    // Measurable in JPEG mode only (each picture carries its capture time); a WebRTC picture
+    // does not, so a value left from an earlier JPEG spell must not be sent as its age.
+    const age = i.mode === "JPEG" ? i.latencyMs : null;
+    this.#send({
+      type: "viewer-stats",
+      fps: clamp(Math.round(i.fps * 10) / 10, 0, 240),
+      freezes: Math.min(1000, freezes),
+      pictureAgeMs: Number.isFinite(age) ? clamp(Math.round(age), -1000, 3600000) : null,
+    });
   }
 }
 

@@ -702,6 +702,7 @@ class StreamSource(Source):
             logger.warning("%s; retrying", message)
         if self._lost_at is None:
             self._lost_at = time.monotonic()
+            self.reconnects += 1  # /metrics: peercam_source_reconnects_total
         self.state = "reconnecting"
         self.last_error = message
 

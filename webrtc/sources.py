@@ -11,7 +11,6 @@ Spec forms (``--source``): ``auto``, ``test``, a camera index (``0``) or device
 from __future__ import annotations
 
 import abc
-import glob
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import cv2
 import numpy as np
 
-from . import timebar
+from . import discovery, timebar
 from .errors import SourceError
 from .frames import CapturedFrame, Image
 from .latest import Latest
@@ -87,6 +86,8 @@ class Source(abc.ABC):
         self.frames: Latest[CapturedFrame] = Latest()
         self.state: SourceState = "starting"
         self.last_error: str | None = None
+        #: Times the source was lost and reconnecting began (read by /metrics).
+        self.reconnects = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._index = 0
@@ -273,15 +274,16 @@ class CaptureSource(Source):
                     hint = ": permission denied (add the user to the 'video' group)"
             raise SourceError(f"cannot open {self.description}{hint}")
         if self.kind == "camera":
-            width, height, fps = self._want
-            # MJPG lets USB cameras reach full frame rate at high resolutions; a camera that
-            # does not offer it keeps its own format.
-            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
-            capture.set(cv2.CAP_PROP_FRAME_WIDTH, width or 1280)
-            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height or 720)
-            capture.set(cv2.CAP_PROP_FPS, fps or 30)
+            # What --list-cameras predicts from (webrtc.discovery.CAMERA_REQUEST): MJPG lets USB
+            # cameras reach full frame rate at high resolutions; a camera that does not offer
+            # it keeps its own format.
+            want = discovery.CAMERA_REQUEST.with_overrides(*self._want)
+            capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*want.fourcc))
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, want.width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, want.height)
+            capture.set(cv2.CAP_PROP_FPS, want.fps)
             capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest picture, not a stale queue
-            self.fps = capture.get(cv2.CAP_PROP_FPS) or fps or 30.0
+            self.fps = capture.get(cv2.CAP_PROP_FPS) or want.fps
         elif self.kind == "file":
             native = capture.get(cv2.CAP_PROP_FPS)
             self.fps = self._want[2] or (native if 0 < native <= 240 else 30.0)
@@ -355,6 +357,7 @@ class CaptureSource(Source):
             logger.warning("%s; retrying", message)
         if self._lost_at is None:
             self._lost_at = time.monotonic()
+            self.reconnects += 1
         self.state = "reconnecting"
         self.last_error = message
 
@@ -415,10 +418,8 @@ def redact_url(text: str) -> str:
 
 
 def _video_devices() -> list[str]:
-    def number(path: str) -> int:
-        return int(re.sub(r"\D", "", path) or 0)
-
-    return sorted(glob.glob("/dev/video[0-9]*"), key=number)
+    # The order --list-cameras shows and predicts from (webrtc.discovery).
+    return [str(path) for path in discovery.device_paths()]
 
 
 def open_source(

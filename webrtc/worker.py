@@ -5,11 +5,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from .frames import CapturedFrame
+from .histogram import Histogram
 from .latest import Latest, LatestClosed
 from .tasks import cancel_and_wait
 
@@ -34,6 +36,8 @@ class FrameWorker(abc.ABC, Generic[R]):
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peercam-{name}")
         self._closed = False
+        #: How long the blocking step took, per frame (read by /metrics).
+        self.step_seconds = Histogram()
 
     @property
     def closed(self) -> bool:
@@ -75,7 +79,10 @@ class FrameWorker(abc.ABC, Generic[R]):
                 after, frame = await self._frames.next(after)
                 if not self._wants(frame):
                     continue
-                result = await loop.run_in_executor(self._executor, self._prepare(frame, after))
+                result, took = await loop.run_in_executor(
+                    self._executor, _timed, self._prepare(frame, after)
+                )
+                self.step_seconds.observe(took)
                 self._deliver(result, frame)
         except (asyncio.CancelledError, LatestClosed):
             pass  # normal endings: the last user left, or the source closed
@@ -85,3 +92,10 @@ class FrameWorker(abc.ABC, Generic[R]):
             # Readers must learn that no more results come, whatever happened.
             self._closed = True
             self._ended()
+
+
+def _timed(step: Callable[[], R]) -> tuple[R, float]:
+    """Runs ``step`` on the worker's thread: its result and how long it took there."""
+    started = time.perf_counter()
+    result = step()
+    return result, time.perf_counter() - started
