@@ -76,6 +76,8 @@ async def test_receiver_reports_and_remb_reach_the_controller(server: TestServer
                 await viewer.wait_frames(viewer.received.frames + 15, timeout=10)
         assert peer["rungIndex"] == 0
         assert peer["fractionLost"] == 0
+        assert isinstance(peer["senderReports"], int)
+        assert peer["senderReports"] > 0  # ours, every control tick, answered with a round trip
         rung = await viewer.wait_rung()
         assert rung["index"] == 0
         assert rung["count"] == 4

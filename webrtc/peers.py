@@ -30,6 +30,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpPsfbPacket,
     RtcpRrPacket,
+    RtcpSenderInfo,
     RtcpSrPacket,
     unpack_remb_fci,
 )
@@ -213,6 +214,7 @@ class Peer:
         self.codec: Codec | None = None
         self._keys: list[VideoKey] = []
         self._controller: RungController | None = None
+        self._reports: SenderReports | None = None
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()
         self._running = False
@@ -402,7 +404,8 @@ class Peer:
             now=time.monotonic(),
         )
         track.attach(leases.take(self._keys[start]))
-        _hook_sender(self._transceiver.sender, track, controller)
+        reports = self._reports = SenderReports(self._transceiver.sender)
+        _hook_sender(self._transceiver.sender, track, controller, reports)
         if not await self._wait_connected():
             return
         shown: SharedEncoder | None = None
@@ -414,6 +417,8 @@ class Peer:
                 async with asyncio.timeout(CONTROL_INTERVAL):  # the controller's pace
                     await self._ended.wait()
             now = time.monotonic()
+            if len(self._keys) > 1:
+                await reports.send()
             controller.on_sent(track.bytes_sent, now)
             decision = controller.decide(now)
             if decision is not None and len(self._keys) > 1:
@@ -468,6 +473,7 @@ class Peer:
                 "rungReason": controller.last_reason if controller else None,
                 "rungSwitches": track.switches,
                 "keyframesSent": track.keyframes_sent,
+                "senderReports": self._reports.sent if self._reports else 0,
             }
         return info
 
@@ -502,8 +508,67 @@ def _capped(height: int, cap: int) -> int:
     return min(height, cap) if height else cap
 
 
+class SenderReports:
+    """Sender reports of one viewer's RTP sender, more often than aiortc's own (every 0.5-1.5
+    s), and the round trip of each receiver report that answers one.
+
+    The round trip is the controller's view of the queue in the viewer's path, as of the
+    sender report it answers: with one a second, a queue that a probe builds shows a second or
+    more late; with one every control tick (0.25 s), within about a receiver report's
+    interval. A sender report is ~50 bytes. It uses aiortc's private counters, as aiortc's own
+    reports do (``tests/test_ladder.py`` fails when an upgrade breaks them).
+    """
+
+    KEEP = 32  # reports remembered: a receiver answers the newest it got, seconds at most late
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+        self._sent: dict[int, float] = {}  # LSR (middle 32 bits of the NTP time) -> time.time()
+        self.sent = 0
+
+    def _remember(self, lsr: int, at: float) -> None:
+        self._sent[lsr] = at
+        while len(self._sent) > self.KEEP:
+            del self._sent[next(iter(self._sent))]
+
+    async def send(self) -> None:
+        """Send one sender report now (nothing before the first RTP packet)."""
+        sender = self._sender
+        ntp = getattr(sender, "_RTCRtpSender__ntp_timestamp", 0)
+        if not ntp:
+            return
+        report = RtcpSrPacket(
+            ssrc=sender._ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=getattr(sender, "_RTCRtpSender__rtp_timestamp", 0),
+                packet_count=getattr(sender, "_RTCRtpSender__packet_count", 0) & 0xFFFFFFFF,
+                octet_count=getattr(sender, "_RTCRtpSender__octet_count", 0) & 0xFFFFFFFF,
+            ),
+        )
+        self._remember((ntp >> 16) & 0xFFFFFFFF, time.time())
+        self.sent += 1
+        await sender._send_rtcp([report])
+
+    def round_trip(self, lsr: int, dlsr: int) -> float | None:
+        """The round trip of a receiver report answering the sender report ``lsr`` after
+        ``dlsr`` (1/65536 s); None if no report of ours (or aiortc's) had that LSR."""
+        if not lsr:
+            return None
+        # aiortc's own latest report, too (it keeps only that one).
+        own = getattr(self._sender, "_RTCRtpSender__lsr", None)
+        own_at = getattr(self._sender, "_RTCRtpSender__lsr_time", None)
+        if own is not None and own_at is not None and own not in self._sent:
+            self._remember(own, own_at)
+        sent_at = self._sent.get(lsr)
+        return None if sent_at is None else time.time() - sent_at - dlsr / 65536
+
+
 def _hook_sender(
-    sender: RTCRtpSender, track: EncodedVideoTrack, controller: RungController
+    sender: RTCRtpSender,
+    track: EncodedVideoTrack,
+    controller: RungController,
+    reports: SenderReports,
 ) -> None:
     """Route the viewer's RTCP to the shared encoders and its controller.
 
@@ -524,11 +589,7 @@ def _hook_sender(
                 if report.ssrc == sender._ssrc:
                     # The round trip of this report alone: aiortc's own figure is smoothed
                     # over many reports, far too slow to show a queue that builds or drains.
-                    rtt: float | None = None
-                    if report.lsr and report.lsr == getattr(sender, "_RTCRtpSender__lsr", None):
-                        sent_at = getattr(sender, "_RTCRtpSender__lsr_time", None)
-                        if sent_at is not None:
-                            rtt = time.time() - sent_at - report.dlsr / 65536
+                    rtt = reports.round_trip(report.lsr, report.dlsr)
                     controller.on_receiver_report(
                         report.fraction_lost / 256, rtt, now,
                         lost=report.packets_lost, highest=report.highest_sequence,
