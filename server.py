@@ -235,6 +235,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
     p.add_argument(
+        "--janus",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="feed a Janus streaming mountpoint over RTP (its HTTP API, e.g. "
+        "http://host:8088/janus; repeatable)",
+    )
+    p.add_argument(
         "--connect-timeout",
         type=float,
         default=20.0,
@@ -325,6 +333,7 @@ def build_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> C
             webrtc=not args.no_webrtc,
             per_viewer_encoding=args.encoder == "per-viewer",
             jpeg_quality=args.jpeg_quality,
+            janus=tuple(args.janus),
         )
     except (ValueError, SourceError) as exc:
         parser.error(str(exc))

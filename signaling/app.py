@@ -14,6 +14,7 @@ from webrtc.peers import PeerManager
 from webrtc.sources import Source, open_source
 
 from .config import Config
+from .janus import feed_janus
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler
 from .security import ClientLimits, add_cors_headers, security_middleware
 from .session import websocket_handler
@@ -87,7 +88,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     service.source.start()
     service.loop_lag.start()
     logger.info("serving %s", service.source.description)
-    yield
+    async with feed_janus(service):
+        yield
     await service.loop_lag.aclose()
     await service.peers.aclose()
     await service.encoders.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,8 @@ class Config:
     trusted_proxies: tuple[Network, ...] = ()
     per_viewer_encoding: bool = False
     jpeg_quality: int = 75
+    #: Janus HTTP API URLs (``--janus``), each fed the top rung over RTP (signaling/janus.py).
+    janus: tuple[str, ...] = ()
     static_dir: Path = STATIC_DIR
 
     def __post_init__(self) -> None:
@@ -123,6 +126,12 @@ class Config:
             raise ValueError("the connect timeout must be positive")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg-quality {self.jpeg_quality}: must be 1-100")
+        for url in self.janus:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"--janus {url!r}: give the HTTP API URL, e.g. http://host:8088/janus"
+                )
 
     @property
     def connections_per_client(self) -> int:

@@ -21,6 +21,7 @@ from webrtc.sources import Source
 from .config import Config
 
 if TYPE_CHECKING:
+    from .janus import JanusFeed
     from .pictures import JpegStream
 from .monitor import LoopLagMonitor
 
@@ -46,6 +47,8 @@ class Service:
     loop_lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     #: Open long-lived connections per remote address (the per-address cap).
     connections: Counter[str] = field(default_factory=Counter)
+    #: Outputs to Janus (``--janus``), while the app runs (signaling/janus.py owns them).
+    janus: list[JanusFeed] = field(default_factory=list)
 
     def status(self) -> dict[str, object]:
         running = self.encoders.running()
@@ -74,6 +77,7 @@ class Service:
                 },
                 "encodersStarted": sum(self.jpeg.started.values()),
             },
+            "janus": [feed.stats() for feed in self.janus],
             "fallbacks": dict(self.fallbacks),
             "loopLagMs": self.loop_lag.summary(),
             "process": _process_status(),
