@@ -63,7 +63,14 @@ NO_SUCH_MOUNTPOINT = 455
 
 
 class JanusError(Exception):
-    """Janus refused a request, answered nonsense, or cannot be reached."""
+    """Janus refused a request, answered nonsense, or cannot be reached.
+
+    ``code``: the streaming plugin's error code, when it gave one.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +137,11 @@ class JanusSession:
         if not isinstance(data, dict):
             raise JanusError(f"{body.get('request')}: no plugin data in {reply}")
         if "error_code" in data or "error" in data:
-            raise JanusError(f"{body.get('request')}: {data.get('error')}", data.get("error_code"))
+            code = data.get("error_code")
+            raise JanusError(
+                f"{body.get('request')}: {data.get('error')}",
+                code if isinstance(code, int) else None,
+            )
         return data
 
     async def create_mountpoint(self, description: str, codec: Codec) -> Mountpoint:
@@ -184,7 +195,7 @@ class JanusSession:
         try:
             await self.request({"request": "info", "id": mountpoint_id})
         except JanusError as exc:
-            if len(exc.args) > 1 and exc.args[1] == NO_SUCH_MOUNTPOINT:
+            if exc.code == NO_SUCH_MOUNTPOINT:
                 return False
             raise
         return True
@@ -243,19 +254,34 @@ class JanusFeed:
         self._since = time.monotonic()
 
     async def run(self) -> None:
-        """Feed Janus until cancelled; every failure is retried with backoff."""
+        """Feed Janus until cancelled; every failure is retried with backoff.
+
+        One warning when the feed stops (or cannot start), one line when it is back; the
+        retries between are logged at DEBUG, so a Janus that is down for a day costs no log.
+        """
         backoff = BACKOFF_FIRST
+        in_row = 0
         try:
             while True:
                 self._set_state(FeedState.CONNECTING)
                 try:
                     await self._feed_once()
                 except (JanusError, RtpOutputError, OSError) as exc:
-                    self.failures += 1
                     self.last_error = str(exc)
-                    if self.state is FeedState.FEEDING:
-                        backoff = BACKOFF_FIRST  # it worked until now: retry soon
-                    logger.warning("janus %s: %s; retrying in %.1f s", self.url, exc, backoff)
+                except Exception as exc:  # a bug: logged in full, and the feed carries on
+                    self.last_error = repr(exc)
+                    logger.exception("janus %s: unexpected error", self.url)
+                if self.state is FeedState.FEEDING:
+                    backoff, in_row = BACKOFF_FIRST, 0  # it worked until now: retry soon
+                self.failures += 1
+                in_row += 1
+                logger.log(
+                    logging.WARNING if in_row == 1 else logging.DEBUG,
+                    "janus %s: %s; retrying (in %.1f s, then with backoff)",
+                    self.url,
+                    self.last_error,
+                    backoff,
+                )
                 self._set_state(FeedState.RETRYING)
                 self.mountpoint = None
                 await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))

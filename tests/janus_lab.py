@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,8 +88,10 @@ def _lab_config(text: str, changes: dict[str, str]) -> str:
 class JanusServer:
     """One ``janus -F DIR`` process on its own HTTP port and port ranges (``index``)."""
 
-    def __init__(self, index: int, veth: str) -> None:
+    def __init__(self, index: int, veth: str, *, command_prefix: Sequence[str] = ()) -> None:
+        """``command_prefix``: e.g. ``taskset -c 1`` (the benchmark pins Janus to a core)."""
         self.index = index
+        self.command_prefix = tuple(command_prefix)
         self.veth = veth
         self.http_port = _free_port()
         self.url = f"http://127.0.0.1:{self.http_port}/janus"
@@ -128,7 +130,8 @@ class JanusServer:
         log = self._log.open("ab")
         try:
             self._process = await asyncio.create_subprocess_exec(
-                JANUS, "-F", str(self._dir / "config"), "-C", str(self._dir / "config/janus.jcfg"),
+                *self.command_prefix, JANUS, "-F", str(self._dir / "config"),
+                "-C", str(self._dir / "config/janus.jcfg"),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         finally:
@@ -148,6 +151,11 @@ class JanusServer:
                             return
                 await asyncio.sleep(0.1)  # a process starting: nothing to wait on but its port
         raise RuntimeError(f"janus {self.index} did not start:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int | None:
+        """The running Janus' process id (after a ``taskset`` prefix: it execs Janus)."""
+        return self._process.pid if self._process is not None else None
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -17,8 +17,15 @@ from signaling.janus import FeedState, JanusFeed
 from tests.aiortc_viewer import AiortcViewer
 from tests.browser import wait_for
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
-from tests.janus_lab import JanusAiortcViewer, JanusServer, lab_veth, peercam_mountpoints
+from tests.janus_lab import (
+    JanusAiortcViewer,
+    JanusApi,
+    JanusServer,
+    lab_veth,
+    peercam_mountpoints,
+)
 from webrtc.encoders import Codec
+from webrtc.rtp_out import RtpOutputError, first_of
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +150,27 @@ async def test_janus_restarted_mid_stream_is_fed_again_without_disturbing_viewer
         await direct.close()
 
 
+async def test_a_mountpoint_destroyed_on_a_running_janus_is_made_again(
+    make_server: ServerFactory, janus: JanusServer
+) -> None:
+    """Someone destroys peercam's mountpoint (Janus stays up, the session lives): the RTP
+    socket's "port unreachable" makes the feed look, and it creates a new mountpoint."""
+    server = await make_server(janus=(janus.url,))
+    (feed,) = await _fed(server)
+    assert feed.mountpoint is not None
+    first = feed.mountpoint.id
+    api = JanusApi(janus.url)
+    try:
+        await api.open()
+        await api.message({"request": "destroy", "id": first})
+    finally:
+        await api.close()
+    await eventually(lambda: feed.connects >= 2 and feed.state is FeedState.FEEDING, 20)
+    (listed,) = await peercam_mountpoints(janus.url)
+    assert listed["id"] != first
+    assert "mountpoint" in feed.last_error
+
+
 async def test_two_janus_fed_at_once_cost_one_encode(
     make_server: ServerFactory, janus: JanusServer, janus2: JanusServer
 ) -> None:
@@ -213,3 +241,26 @@ def test_a_janus_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="--janus"):
         Config(janus=("janus.example.org:8088",))
     assert Config(janus=("http://janus.example.org:8088/janus",)).janus
+
+
+async def test_a_feed_cancelled_while_it_winds_down_ends() -> None:
+    """Shutdown right after Janus went away (the feed is cancelling its sender) must end the
+    feed, not be swallowed into another retry: that hung the app's shutdown."""
+    wound_down = asyncio.Event()
+
+    async def fails() -> None:
+        raise RtpOutputError("the encoder stopped")
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            wound_down.set()
+            await asyncio.sleep(0.05)  # the sockets and the lease being released
+            raise
+
+    task = asyncio.ensure_future(first_of(fails(), slow_to_stop()))
+    await asyncio.wait_for(wound_down.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)

@@ -53,16 +53,29 @@ PAYLOAD_TYPE = 96
 
 async def first_of(*jobs: Coroutine[Any, Any, None]) -> None:
     """Run ``jobs`` as owned tasks until the first one ends; cancel the others and wait for
-    them; raise what the first one raised (unlike a TaskGroup, no ExceptionGroup)."""
+    them; raise what the first one raised (unlike a TaskGroup, no ExceptionGroup).
+
+    A cancellation of the caller while the others wind down is not swallowed: it is what
+    ends a feed whose Janus has just gone, at shutdown.
+    """
     tasks = [asyncio.ensure_future(job) for job in jobs]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
+        cancelled = False
+        while True:
+            try:
+                await asyncio.wait(tasks)  # raises nothing of theirs
+                break
+            except asyncio.CancelledError:
+                cancelled = True  # still wait for them (one owner), then end as asked
         for task in tasks:
-            with contextlib.suppress(BaseException):  # the first one's ending is raised below
-                await task
+            if not task.cancelled():
+                task.exception()  # retrieved: the first one's is raised below
+        if cancelled:
+            raise asyncio.CancelledError
     for task in done:
         task.result()
 
