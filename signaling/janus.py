@@ -369,7 +369,9 @@ async def feed_janus(service: Service) -> AsyncIterator[None]:
     if not urls:
         yield
         return
-    description = f"peercam {socket.gethostname()}:{service.config.port}"
+    # What a person choosing among Janus' mountpoints needs: which peercam, which camera.
+    where = f"{socket.gethostname()}:{service.config.port}"
+    description = f"peercam {where} {service.source.description}"
     async with aiohttp.ClientSession() as http:
         feeds = [JanusFeed(url, service, http, description=description) for url in urls]
         service.janus.extend(feeds)
