@@ -170,6 +170,7 @@ class JanusView extends HTMLElement {
   }
 
   async answer(janus, offer) {
+    this.pc?.close(); // a new offer (Janus renegotiates): one peer connection at a time
     const pc = this.pc = new RTCPeerConnection({ iceServers: [] });
     pc.ontrack = (event) => {
       this.video.srcObject = event.streams[0] ?? new MediaStream([event.track]);

@@ -14,7 +14,7 @@ from playwright.async_api import Browser
 
 from signaling.config import Config
 from signaling.janus import FeedState, JanusFeed
-from tests.aiortc_viewer import AiortcViewer
+from tests.aiortc_viewer import AiortcViewer, assert_serves_a_viewer
 from tests.browser import wait_for
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
 from tests.janus_lab import (
@@ -148,6 +148,27 @@ async def test_janus_restarted_mid_stream_is_fed_again_without_disturbing_viewer
         await direct.wait_frames(frames + 10, timeout=10)  # the page's viewer carried on
     finally:
         await direct.close()
+
+
+async def test_a_janus_that_is_not_up_yet_is_fed_once_it_is(
+    make_server: ServerFactory, janus_veth: str
+) -> None:
+    """peercam may start before Janus: the feed retries with backoff, page viewers are served
+    meanwhile, and the mountpoint appears once Janus is up."""
+    async with contextlib.AsyncExitStack() as stack:
+        janus = JanusServer(2, janus_veth)
+        stack.push_async_callback(janus.__aexit__, None, None, None)
+        server = await make_server(janus=(janus.url,))
+        (feed,) = _feeds(server)
+        await eventually(lambda: feed.failures >= 2, 15)
+        assert feed.state is not FeedState.FEEDING
+        assert "create" in feed.last_error
+        await assert_serves_a_viewer(ws_url(server))
+        await janus.start()
+        await _fed(server)
+        (listed,) = await peercam_mountpoints(janus.url)
+        assert feed.mountpoint is not None
+        assert listed["id"] == feed.mountpoint.id
 
 
 async def test_a_mountpoint_destroyed_on_a_running_janus_is_made_again(

@@ -118,7 +118,7 @@ class RtpCounters:
 
 
 class _Endpoint(asyncio.DatagramProtocol):
-    """One connected UDP socket; hands what arrives to ``on_datagram``."""
+    """One connected UDP socket of a sender: RTCP that arrives, errors, flow control."""
 
     def __init__(self, sender: RtpSender, rtcp: bool) -> None:
         self._sender = sender
