@@ -88,7 +88,14 @@ class JanusView extends HTMLElement {
     this.style.cssText = "display:block;position:relative;width:100vw;height:100vh";
     this.replaceChildren(this.video, this.status);
     // The state as values (tests and the overlay read it): never the display text.
-    this.state = { phase: "idle", mountpoint: null, error: null, attempts: 0 };
+    this.state = { phase: "idle", mountpoint: null, error: null, attempts: 0, frames: 0 };
+    if ("requestVideoFrameCallback" in this.video) {
+      const counted = () => {
+        this.state.frames += 1; // pictures shown, across reconnections
+        this.video.requestVideoFrameCallback(counted);
+      };
+      this.video.requestVideoFrameCallback(counted);
+    }
     window.__janus = this;
     this.retryMs = RETRY_FIRST_MS;
     this.stopped = false;
@@ -115,7 +122,6 @@ class JanusView extends HTMLElement {
       this.state.attempts += 1;
       try {
         await this.watch();
-        this.retryMs = RETRY_FIRST_MS;
       } catch (error) {
         log("watch ended", error);
         this.show("error", String(error.message ?? error));
@@ -184,7 +190,10 @@ class JanusView extends HTMLElement {
     };
     pc.onconnectionstatechange = () => {
       log("connection", pc.connectionState);
-      if (pc.connectionState === "connected") this.show("playing");
+      if (pc.connectionState === "connected") {
+        this.show("playing");
+        this.retryMs = RETRY_FIRST_MS; // it worked: the next drop is retried soon
+      }
       if (["failed", "closed"].includes(pc.connectionState)) this.abort?.abort();
     };
     await pc.setRemoteDescription(offer);

@@ -220,7 +220,8 @@ async def test_two_janus_fed_at_once_cost_one_encode(
 async def test_chromium_watches_through_janus_with_the_janus_page(
     make_server: ServerFactory, janus: JanusServer, browser: Browser
 ) -> None:
-    """static/janus.html: a browser finds peercam's mountpoint on Janus and plays it."""
+    """static/janus.html: a browser finds peercam's mountpoint on Janus and plays it, and
+    plays again by itself after Janus restarted."""
     server = await make_server(janus=(janus.url,))
     await _fed(server)
     page = await browser.new_page()
@@ -240,6 +241,24 @@ async def test_chromium_watches_through_janus_with_the_janus_page(
         assert decoded > 30
         assert await page.evaluate("window.__janus.state.phase") == "playing"
         assert await page.evaluate("document.querySelector('video').videoWidth") == 640
+        # Janus restarts: the page finds the new mountpoint peercam makes, and plays again.
+        await janus.restart()
+        await wait_for(
+            page,
+            "() => window.__janus.state.attempts >= 2",
+            timeout_s=20,
+            what="the page noticed that Janus went away",
+            diagnosis_js="() => JSON.stringify(window.__janus?.state)",
+        )
+        shown = await page.evaluate("window.__janus.state.frames")
+        await wait_for(
+            page,
+            f"() => window.__janus.state.phase === 'playing' && "
+            f"window.__janus.state.frames > {shown} + 30",
+            timeout_s=30,
+            what="pictures again after Janus restarted",
+            diagnosis_js="() => JSON.stringify(window.__janus?.state)",
+        )
     finally:
         await page.close()
 
