@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install what the tests need (Debian's chromium, coturn, nginx and janus, the test extra in .venv), then lint,
-# type-check and run the whole suite, inside a loopback-only network namespace when the machine allows it.
+# Install what the tests need (Debian's chromium, coturn and nginx, the test extra in .venv), then lint, type-check
+# and run the whole suite, inside a loopback-only network namespace when the machine allows it.
 # Arguments go to pytest:  scripts/test.sh -k browser
 source "$(dirname "$0")/bootstrap.sh"
 cd "$ROOT"
 
-apt_install chromium coturn nftables nginx janus
+apt_install chromium coturn nftables nginx
 ensure_venv test
 
+apt_install janus  # the fan-out tests (tests/janus_lab.py)
 echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"
