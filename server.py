@@ -288,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-viewers", type=int, default=50, help="viewers served at once")
     p.add_argument(
+        "--janus",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="feed a Janus streaming mountpoint over RTP (its HTTP API, e.g. "
+        "http://host:8088/janus; repeatable)",
+    )
+    p.add_argument(
         "--connect-timeout",
         type=float,
         default=20.0,
@@ -449,6 +457,7 @@ def build_config(
             ),
             log_level=args.log_level,
             log_format=args.log_format,
+            janus=tuple(args.janus),
         )
     except (ValueError, SourceError) as exc:
         parser.error(_with_origin(str(exc), options))

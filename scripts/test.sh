@@ -17,6 +17,7 @@ ensure_venv test
 npm_install "$ROOT/tests/whep"  # the WHEP players (whip-whep, Eyevinn's), bundled by the test
 npm_install "$ROOT/tests/firefox"  # puppeteer-core
 
+apt_install janus  # the fan-out tests (tests/janus_lab.py)
 echo "== ruff"; "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check .
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"

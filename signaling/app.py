@@ -32,6 +32,7 @@ from webrtc.sources import Source, open_source
 from webrtc.tiles import TileFeed
 
 from .config import CameraConfig, Config
+from .janus import feed_janus
 from .metrics import add_metrics
 from .monitor import LoopLagMonitor
 from .pictures import legacy_video_handler, mjpeg_handler, snapshot_handler, tile_handler
@@ -246,7 +247,8 @@ async def _camera_lifetime(app: web.Application) -> AsyncIterator[None]:
     service = app[Service.KEY]
     service.source.start()
     logger.info("camera %s: serving %s", service.name, service.source.description)
-    yield
+    async with feed_janus(service):
+        yield
     await service.peers.aclose()
     await service.tiles.aclose()
     await service.encoders.aclose()

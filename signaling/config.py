@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -158,6 +159,8 @@ class Config:
     #: What a V4L2 camera is asked for (``--input-format``); "h264" reads it with PyAV.
     input_format: str | None = None
     jpeg_quality: int = 75
+    #: Janus HTTP API URLs (``--janus``), each fed the top rung over RTP (signaling/janus.py).
+    janus: tuple[str, ...] = ()
     static_dir: Path = STATIC_DIR
     tls: TlsConfig = field(default_factory=TlsConfig)
     log_level: str = "INFO"
@@ -215,6 +218,13 @@ class Config:
             raise ValueError(f"--log-level {self.log_level}: one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"--log-format {self.log_format}: one of {', '.join(LOG_FORMATS)}")
+
+        for url in self.janus:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"--janus {url!r}: give the HTTP API URL, e.g. http://host:8088/janus"
+                )
 
     @property
     def default_camera(self) -> CameraConfig:

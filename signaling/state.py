@@ -23,6 +23,7 @@ from webrtc.tiles import TileFeed
 from .config import CameraConfig, Config
 
 if TYPE_CHECKING:
+    from .janus import JanusFeed
     from .pictures import JpegStream
 from .metrics import ViewerReports
 from .monitor import LoopLagMonitor
@@ -57,6 +58,8 @@ class Service:
     #: Open long-lived connections per client: the site's one counter, shared by every camera
     #: (``Site.connections``), so the per-address cap counts across cameras.
     connections: Counter[str] = field(default_factory=Counter)
+    #: Outputs to Janus (``--janus``), while the app runs (signaling/janus.py owns them).
+    janus: list[JanusFeed] = field(default_factory=list)
     #: What viewers reported seeing (viewer-stats messages), for /metrics.
     viewer_reports: ViewerReports = field(default_factory=ViewerReports)
 
@@ -116,6 +119,7 @@ class Service:
                 "encodersStarted": sum(self.jpeg.started.values()),
             },
             "tiles": self.tiles.stats(),
+            "janus": [feed.stats() for feed in self.janus],
             "fallbacks": dict(self.fallbacks),
             "health": self.health(),
         }
