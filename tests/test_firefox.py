@@ -10,10 +10,12 @@ The first test replays that conversation with an aiortc peer (fast); the others 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -165,13 +167,16 @@ async def firefox_run() -> AsyncIterator[FirefoxRun]:
             node, str(FIREFOX_DIR / "view.mjs"),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, "FIREFOX": str(firefox)},
+            start_new_session=True,  # node, Firefox and its content processes: one group
         )  # fmt: skip
         try:
             async with asyncio.timeout(110):  # under pytest-timeout's 120 s
                 out, err = await process.communicate(job)
         finally:
+            # The whole group: killing node alone on a timeout left Firefox running.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             if process.returncode is None:
-                process.kill()
                 await process.wait()
         assert process.returncode == 0, err.decode(errors="replace")[-3000:]
         report = json.loads(out)
