@@ -338,3 +338,14 @@ def test_a_probe_trusted_for_a_while_forgets_earlier_failures() -> None:
     assert decision is not None
     assert "after a probe" not in decision.reason
     assert c._probe_wait == PROBE_BASE
+
+
+def test_a_drop_moves_to_the_rung_the_estimate_itself_carries() -> None:
+    """A receiver's estimate after a drop already has its margin (Chrome: 0.85x what it gets):
+    440 kbit/s carries the 420 kbit/s rung, so the viewer goes there, not one further down."""
+    c = RungController(NEEDS, now=0.0)
+    c.on_remb(900_000, 4.0)
+    c.on_remb(440_000, 5.0)
+    decision = c.decide(5.0)
+    assert decision is not None
+    assert decision.index == 1
