@@ -212,7 +212,9 @@ async def peercam_server(
     """
     port = free_port()
     args = [
-        *prefix(SERVER_CORE, niceness), sys.executable, "server.py", "--source", "test",
+        *prefix(SERVER_CORE, niceness), sys.executable, "server.py",
+        # --source is repeatable (several cameras): the test pattern unless the caller names one.
+        *(() if "--source" in extra_args else ("--source", "test")),
         "--width", str(options.width), "--height", str(options.height),
         "--fps", f"{options.fps:g}", "--encoder", options.encoder, "--codec", options.codec,
         "--host", host, "--port", str(port),
