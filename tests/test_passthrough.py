@@ -24,6 +24,7 @@ from tests.aiortc_viewer import AiortcViewer
 from tests.browser import TIMEBAR_JS
 from tests.conftest import LOOPBACK_CONFIG, eventually, ws_url
 from tests.rtsp import RtspCamera
+from tests.test_ladder import _media_ssrc
 from tests.test_ladder import _send_remb as send_remb
 from webrtc.passthrough import StreamSource
 from webrtc.sources import SourceSpec, open_source
@@ -267,3 +268,29 @@ async def test_a_slow_viewer_moves_down_to_a_rung_encoded_from_decoded_frames(
     finally:
         await viewer.close()
         await server.close()
+
+
+async def test_a_viewers_pli_is_answered_from_the_cache(camera: RtspCamera) -> None:
+    """The camera's IDR cannot be forced: a viewer's PLI restarts that viewer from the cached
+    GOP, so it gets a keyframe before the camera's next IDR (4 s GOP)."""
+    source = await open_stream(camera.url("h264"))
+    server = await serve(source)
+    viewer = AiortcViewer(ws_url(server), codec="h264", decode_bar=False)
+    try:
+        await viewer.connect()
+        await viewer.wait_frames(10, timeout=10)
+        idrs = await mid_gop(source, at_least=0.5)
+        keyframes = viewer.received.keyframes
+        assert viewer.pc is not None
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        await receiver._send_rtcp_pli(_media_ssrc(viewer))
+        await eventually(lambda: viewer.received.keyframes > keyframes, timeout=5)
+        assert source.feed.keyframes == idrs, "the keyframe was the camera's next IDR"
+        [peer] = server.app[Service.KEY].peers.peers()
+        assert peer.stats()["restarts"] == 1
+        frames = viewer.received.frames
+        await viewer.wait_frames(frames + 30, timeout=10)  # and it plays on
+    finally:
+        await viewer.close()
+        await server.close()
+        await asyncio.to_thread(source.stop)

@@ -221,6 +221,12 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         """
         self._keyframe_wanted = True
 
+    def restart_position(self) -> int | None:
+        """Where one reader can start again at a keyframe, without asking the encoder for
+        one (None: ask with :meth:`request_keyframe`, as an encoder can). A pass-through stream
+        cannot force the camera's IDR, but can replay its cached GOP to that reader."""
+        return None
+
     def _take_keyframe_request(self) -> bool:
         now = time.monotonic()
         if self._keyframe_wanted and now - self._last_forced >= KEYFRAME_MIN_INTERVAL:

@@ -354,6 +354,12 @@ class PassthroughStream(SharedEncoder):
         """Nothing to force: the camera sends its IDRs on its own schedule (see the module)."""
         self.keyframe_requests += 1
 
+    def restart_position(self) -> int | None:
+        """A replay token from the cached IDR (None without a cache): a viewer's PLI is
+        answered from the cache, since the camera's IDR cannot be forced."""
+        position = self.newest_seq
+        return position if position < 0 else None
+
     @property
     def newest_seq(self) -> int:
         """Where a new reader starts: a replay token from the cached IDR when there is one,

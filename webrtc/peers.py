@@ -473,6 +473,7 @@ class Peer:
                 "rungReason": controller.last_reason if controller else None,
                 "rungSwitches": track.switches,
                 "keyframesSent": track.keyframes_sent,
+                "restarts": track.restarts,  # PLIs answered from a pass-through's cache
                 "senderReports": self._reports.sent if self._reports else 0,
             }
         return info

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -18,6 +20,8 @@ logger = logging.getLogger(__name__)
 #: target's frames, each for at most this long (s), for the target to encode as far.
 CATCH_UP_FRAMES = 3
 CATCH_UP_WAIT = 0.1
+#: Seconds between two restarts of one viewer from a pass-through stream's cached GOP.
+RESTART_MIN_INTERVAL = 2.0
 
 
 class EncodedVideoTrack(MediaStreamTrack):
@@ -49,6 +53,10 @@ class EncodedVideoTrack(MediaStreamTrack):
         self.bytes_sent = 0
         self.resyncs = 0
         self.switches = 0
+        #: A position to read from next, for this viewer alone (see :meth:`request_keyframe`).
+        self._restart: int | None = None
+        self._restarted_at = -math.inf
+        self.restarts = 0
 
     @property
     def encoder(self) -> SharedEncoder | None:
@@ -81,10 +89,21 @@ class EncodedVideoTrack(MediaStreamTrack):
 
     def request_keyframe(self) -> None:
         """Called for this viewer's PLI/FIR (hooked into its RTCRtpSender): an IDR of the rung
-        it gets next."""
+        it gets next. A rung that cannot force one (a camera passed through) restarts this
+        viewer alone from its cached GOP instead, at most once per ``RESTART_MIN_INTERVAL``
+        (a receiver repeats its PLI until it decodes; each restart would begin the replay
+        again)."""
         target = self._pending or self._encoder
-        if target is not None:
-            target.request_keyframe()
+        if target is None:
+            return
+        target.request_keyframe()
+        now = time.monotonic()
+        if self._pending is None and now - self._restarted_at >= RESTART_MIN_INTERVAL:
+            position = target.restart_position()
+            if position is not None:
+                self._restart = position
+                self._restarted_at = now
+                self.restarts += 1
 
     def _switch_now(self) -> Packet | None:
         """The target rung's keyframe, if it has one this viewer can continue with."""
@@ -122,6 +141,8 @@ class EncodedVideoTrack(MediaStreamTrack):
             encoder = self._encoder
             assert encoder is not None
             packet: Packet | None = None
+            if self._restart is not None:
+                self._after, self._restart, self._synced = self._restart, None, False
             if self._pending is not None:
                 packet = self._switch_now()
             if packet is None:
@@ -141,6 +162,8 @@ class EncodedVideoTrack(MediaStreamTrack):
                         continue
                     self.stop()
                     raise MediaStreamError from None
+                if self._restart is not None:
+                    continue  # a restart came while waiting: read from there instead
                 if self._pending is not None and self._synced:
                     # Do not run ahead of the rung being switched to: a slower rung's IDR must
                     # not come out older than what this viewer was already sent.
