@@ -42,6 +42,7 @@ from webrtc.histogram import Histogram
 from webrtc.sources import SourceState
 
 from . import messages
+from .janus import FeedState
 
 if TYPE_CHECKING:
     from .state import Service
@@ -183,7 +184,24 @@ class PeercamCollector(Collector):
         reports = CounterMetricFamily(
             "peercam_viewer_reports", "viewer-stats reports received", labels=["camera", "mode"]
         )
+        janus_state = GaugeMetricFamily(
+            "peercam_janus_state", "1 for each Janus output's current state",
+            labels=["camera", "janus", "state"],
+        )  # fmt: skip
+        janus_packets = CounterMetricFamily(
+            "peercam_janus_packets", "RTP packets sent to each Janus", labels=["camera", "janus"]
+        )
+        janus_keyframes = CounterMetricFamily(
+            "peercam_janus_keyframe_requests",
+            "PLI/FIR each Janus forwarded from its viewers",
+            labels=["camera", "janus"],
+        )
         for name, service in cameras:
+            for feed in service.janus:
+                for value in FeedState:
+                    janus_state.add_metric([name, feed.url, value], float(feed.state is value))
+                janus_packets.add_metric([name, feed.url], feed.counters.packets)
+                janus_keyframes.add_metric([name, feed.url], feed.counters.keyframe_requests)
             self._viewers(viewers, name, service)
             self._frames(captured, sent, name, service)
             self._encoders(encoded, encode_time, started, name, service)
@@ -195,6 +213,7 @@ class PeercamCollector(Collector):
             self._reports(fps, age, freezes, reports, name, service.viewer_reports)
         yield from (viewers, captured, encoded, sent, encode_time, started, fallbacks)
         yield from (state, reconnects, fps, age, freezes, reports)
+        yield from (janus_state, janus_packets, janus_keyframes)
         yield from self._loop(cameras)
 
     @staticmethod

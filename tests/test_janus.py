@@ -24,6 +24,7 @@ from tests.janus_lab import (
     lab_veth,
     peercam_mountpoints,
 )
+from tests.test_metrics import scrape
 from webrtc.encoders import Codec
 from webrtc.rtp_out import RtpOutputError, first_of
 
@@ -108,6 +109,16 @@ async def test_a_pli_from_a_janus_viewer_reaches_the_shared_encoder(
                     await eventually(lambda: feed.counters.keyframe_requests > seen, 0.6)
         assert feed.counters.keyframe_requests >= requests + 2
         await eventually(lambda: encoder.forced_keyframes > forced, 5)
+        # /metrics shows the output: its state, packets and the keyframe requests it passed on.
+        metrics = await scrape(server)
+
+        def value(name: str, **labels: str) -> float:
+            return metrics.value(name, None, camera="default", janus=janus.url, **labels)
+
+        assert value("peercam_janus_state", state="feeding") == 1
+        assert value("peercam_janus_state", state="retrying") == 0
+        assert value("peercam_janus_packets_total") > 0
+        assert value("peercam_janus_keyframe_requests_total") >= requests + 2
 
 
 async def test_a_late_joiner_through_janus_decodes_promptly(
