@@ -239,16 +239,17 @@ async def peercam_server(
                 await process.wait()
 
 
-async def _wait_until_serving(server: Server, timeout: float = 30.0) -> None:
-    """Until /api/status answers and the source has delivered frames (polls: no event exists)."""
-    async with asyncio.timeout(timeout):
+async def _wait_until_serving(server: Server, timeout: float = 60.0) -> None:
+    """Until /healthz answers 200: every camera's source delivers frames (polls: no event
+    exists)."""
+    async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
         while True:
             if server.process.returncode is not None:
                 raise RuntimeError(f"peercam exited with {server.process.returncode}")
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                status = await server.status()
-                if (status["source"].get("frames") or 0) > 0:
-                    return
+                async with http.get(f"{server.http_url}/healthz") as response:
+                    if response.status == 200:
+                        return
             await asyncio.sleep(0.1)
 
 

@@ -27,17 +27,14 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
-    ACCESS_FLAGS,
     CLIENT_CORE,
     RESULTS,
-    ROOT,
-    SERVER_CORE,
     Server,
+    ServerOptions,
     cpu_seconds,
     fmt,
-    free_port,
     machine,
-    prefix,
+    peercam_server,
     write_results,
 )
 from tests.aiortc_viewer import AiortcViewer
@@ -53,40 +50,16 @@ TILE_MIN_INTERVAL = 0.4  # as static/wall.js
 
 @contextlib.asynccontextmanager
 async def wall_server(width: int, height: int, fps: float) -> AsyncIterator[Server]:
-    port = free_port()
-    args = [
-        *prefix(SERVER_CORE), sys.executable, "server.py",
+    """peercam with the wall's cameras, ready when every camera delivers."""
+    options = ServerOptions(width=width, height=height, fps=fps, codec="vp8")
+    extra = (
         *(arg for name in CAMERAS for arg in ("--source", f"{name}=test")),
-        "--width", str(width), "--height", str(height), "--fps", f"{fps:g}", "--codec", "vp8",
-        "--port", str(port), "--ice-address", "127.0.0.1", "--log-level", "WARNING",
-        "--max-viewers", "1000", *ACCESS_FLAGS, "--snapshot-rate", "1000",
+        "--snapshot-rate", "1000",
         # One rung: the viewers' encoders stay the same whatever the (busy) client keeps up with.
         "--ladder", "off",
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*args, cwd=ROOT)
-    server = Server(process, port)
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                if process.returncode is not None:
-                    raise RuntimeError(f"peercam exited with {process.returncode}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with (
-                        aiohttp.ClientSession() as http,
-                        http.get(f"{server.http_url}/healthz") as response,
-                    ):
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.2)  # polling the server until it serves: no event exists
+    )  # fmt: skip
+    async with peercam_server(options, 1000, extra_args=extra) as server:
         yield server
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 class Wall:
