@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.processes import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -230,13 +232,7 @@ async def peercam_server(
         await _wait_until_serving(server)
         yield server
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process)
 
 
 async def _wait_until_serving(server: Server, timeout: float = 60.0) -> None:

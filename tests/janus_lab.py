@@ -33,6 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tests.netlab import is_isolated
+from tests.processes import stop_process
 from webrtc.ice import announce_only
 
 logger = logging.getLogger(__name__)
@@ -164,15 +165,8 @@ class JanusServer:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            async with asyncio.timeout(5):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_process(process, 5)
 
     async def restart(self) -> None:
         await self.stop()

@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from playwright.async_api import Browser, Page, Playwright
 
 from bench.clients import HARNESS_JS
 from tests.browser import CHROMIUM_ARGS, DEFAULT_CHROMIUM
+from tests.processes import stop_process
 from tests.turn import Turn, coturn
 
 logger = logging.getLogger(__name__)
@@ -192,14 +192,8 @@ class Netns:
         await self._stop()
 
     async def _stop(self) -> None:
-        holder = self._holder
-        if holder is not None and holder.returncode is None:
-            holder.terminate()
-            try:
-                await asyncio.wait_for(holder.wait(), 5)
-            except TimeoutError:
-                holder.kill()
-                await holder.wait()
+        if self._holder is not None:
+            await stop_process(self._holder, 5)
 
 
 @dataclass(frozen=True)
@@ -924,15 +918,8 @@ class NetAiortcViewer:
 
     async def stop(self) -> None:
         """SIGTERM (the viewer closes its peer connection), then wait for it (idempotent)."""
-        process = self._process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        if self._process is not None:
+            await stop_process(self._process)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.aiortc_viewer import AiortcViewer
+from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -88,14 +89,7 @@ async def server_process(*flags: str) -> AsyncIterator[tuple[asyncio.subprocess.
                     await asyncio.sleep(0.1)  # not listening yet
         yield process, base
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(10):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process)
 
 
 async def server_status(base: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from signaling.listener import Listener
 from signaling.state import Service
 from tests.browser import view_until
 from tests.conftest import LOOPBACK_CONFIG
-from tests.test_server_cli import _stop
+from tests.processes import stop_process
 from webrtc import timebar
 from webrtc.sources import TestPatternSource
 
@@ -226,7 +226,7 @@ async def _start_proxy(
         for port in ports:
             await _wait_listening(port, process, log)
     except BaseException:
-        await _stop(process)
+        await stop_process(process)
         raise
     return process
 
@@ -250,7 +250,7 @@ async def deployment(
         try:
             yield Deployment(proxy, ports[0], ports[1], ports[2], directory / "access.log", service)
         finally:
-            await _stop(process)
+            await stop_process(process)
     finally:
         for listener in listeners:
             await listener.aclose()

@@ -27,7 +27,8 @@ from signaling.listener import Listener
 from signaling.state import Service
 from tests.aiortc_viewer import assert_serves_a_viewer
 from tests.conftest import LOOPBACK_CONFIG, eventually
-from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run, _stop
+from tests.processes import stop_process
+from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run
 from webrtc.ice import TurnSecret
 from webrtc.sources import TestPatternSource
 
@@ -448,12 +449,12 @@ async def test_turn_credentials_live_minutes_and_the_token_comes_from_the_enviro
                 http, f"http://127.0.0.1:{port}/api/status?token={TOKEN}"
             )
             assert '"source"' in status
-        assert await _stop(process) == 0
+        assert await stop_process(process) == 0
         assert process.stdout is not None
         log += (await process.stdout.read()).decode()
         assert all("open http" in line for line in log.splitlines() if TOKEN in line), log
     finally:
-        await _stop(process)
+        await stop_process(process)
 
 
 async def test_turn_credentials_are_minted_at_a_bounded_rate_per_client(

@@ -9,7 +9,8 @@ import sys
 import aiohttp
 import pytest
 
-from tests.test_server_cli import ROOT, _free_port, _get_when_listening, _read_until, _stop
+from tests.processes import stop_process
+from tests.test_server_cli import ROOT, _free_port, _get_when_listening, _read_until
 
 TOKEN = "tok-3nv-s3cret-0123"
 TURN_SECRET = "turn-3nv-s3cret-4567"
@@ -81,7 +82,7 @@ async def test_secrets_stay_out_of_the_log_and_the_status(
                 await ws.send_json({"type": "jpeg"})
                 assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.BINARY
     finally:
-        await _stop(process)
+        await stop_process(process)
     assert process.stdout is not None
     log = startup + (await process.stdout.read()).decode()
     assert secret not in status

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,20 +28,6 @@ async def _run(*args: str, env: dict[str, str] | None = None) -> asyncio.subproc
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
     )  # fmt: skip
-
-
-async def _stop(process: asyncio.subprocess.Process) -> int:
-    """SIGTERM, as a service manager sends, and the exit code; killed if it hangs (idempotent)."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode
 
 
 async def _read_until(process: asyncio.subprocess.Process, needle: str) -> str:
@@ -75,9 +62,9 @@ async def test_server_serves_the_page_and_status_then_exits_on_sigterm() -> None
             async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
                 status = await response.json()
                 assert status["source"]["kind"] == "test"
-        assert await _stop(process) == 0
+        assert await stop_process(process) == 0
     finally:
-        await _stop(process)
+        await stop_process(process)
 
 
 async def _get_when_listening(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> str:
@@ -113,9 +100,9 @@ async def test_access_control_is_on_by_default_with_a_printed_token_url() -> Non
                 assert cookie["samesite"] == "Strict"
             async with http.get(f"http://127.0.0.1:{port}/api/status") as response:
                 assert response.status == 200  # the cookie now opens the door
-        assert await _stop(process) == 0
+        assert await stop_process(process) == 0
     finally:
-        await _stop(process)
+        await stop_process(process)
 
 
 async def test_camera_that_cannot_open_is_served_as_no_signal_and_named_by_healthz() -> None:
@@ -136,9 +123,9 @@ async def test_camera_that_cannot_open_is_served_as_no_signal_and_named_by_healt
             async with http.get(f"http://127.0.0.1:{port}/snapshot.jpg") as response:
                 assert response.status == 200  # the "no signal" picture
                 assert response.content_type == "image/jpeg"
-        assert await _stop(process) == 0
+        assert await stop_process(process) == 0
     finally:
-        await _stop(process)
+        await stop_process(process)
 
 
 async def test_unknown_source_is_a_usage_error() -> None:
@@ -168,7 +155,7 @@ async def test_self_signed_tls_is_made_once_and_reused(tmp_path: Path) -> None:
                 )
                 assert '"source"' in status
         finally:
-            await _stop(process)
+            await stop_process(process)
     assert fingerprints[0] == fingerprints[1]
     assert len(fingerprints[0].split(":")) == 32
     assert (tmp_path / "peercam-key.pem").stat().st_mode & 0o077 == 0  # private key: owner only

@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import ServerFactory, eventually, service_of, ws_url
-from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run, _stop
+from tests.processes import stop_process
+from tests.test_server_cli import _free_port, _get_when_listening, _read_until, _run
 from tests.turn import coturn
 from webrtc.errors import NoUdpPort
 from webrtc.ice import PortRange, announce_only, bind_within
@@ -177,4 +178,4 @@ async def test_flag_and_environment_are_validated_at_start() -> None:
             )
         assert status["udpPorts"] == "41000-41009"
     finally:
-        await _stop(process)
+        await stop_process(process)

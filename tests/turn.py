@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from signaling.tls import self_signed
+from tests.processes import stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +133,7 @@ async def coturn(
                    tls_port=tls_port, tls_spki=spki)  # fmt: skip
     finally:
         drain.cancel()
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, 5)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
