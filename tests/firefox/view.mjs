@@ -3,8 +3,8 @@
 //   {"view": "async () => {...}", "pages": [{"url": "...", "done": "JS over v", "timeoutS": 30}]}
 // Each page is polled with the function `view` until the expression `done` over its result
 // `v` holds (or the time is up); one browser serves every page (a launch costs seconds).
-// Prints one JSON line: {"browser": "...", "pages": [{"ok", "first", "last", "samples",
-// "console"}...]}. Used by tests/test_firefox.py; FIREFOX names the executable.
+// Prints one line "REPORT " + JSON {"browser": "...", "pages": [{"ok", "first", "last",
+// "samples", "console"}...]}. Used by tests/test_firefox.py; FIREFOX names the executable.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -58,12 +58,22 @@ const prefs = {
   "security.certerrors.mitm.priming.enabled": false,
 };
 
+// Progress on stderr, with the seconds since start: when a run hangs, the test shows how far
+// it got (the launch, a page's load, its polling, the close).
+const started = Date.now();
+function progress(what) {
+  process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)} s] ${what}\n`);
+}
+
 async function watch(browser, { url, done, timeoutS }) {
+  progress(`new page for ${url}`);
   const page = await browser.newPage();
   const consoleLines = [];
   page.on("console", (msg) => consoleLines.length < 200 && consoleLines.push(msg.text()));
   try {
+    progress(`loading ${url}`);
     await page.goto(url, { timeout: 60_000 });
+    progress(`loaded ${url}`);
     const isDone = new Function("v", `return ${done};`);
     const deadline = Date.now() + timeoutS * 1000;
     let first = null;
@@ -78,6 +88,7 @@ async function watch(browser, { url, done, timeoutS }) {
       // Polling the page's state: there is no event to wait for.
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
+    progress(`${ok ? "done" : "timed out"} after ${samples} samples: ${JSON.stringify(last)}`);
     return { url, ok, first, last, samples, console: consoleLines };
   } finally {
     await page.close();
@@ -95,6 +106,7 @@ const origins = [...new Set(job.pages.map((p) => new URL(p.url).origin))];
 writeFileSync(permissions, origins.map((o) => `origin\tcamera\t1\t${o}\n`).join(""));
 prefs["permissions.manager.defaultsUrl"] = pathToFileURL(permissions).href;
 
+progress(`launching ${executablePath}`);
 const browser = await puppeteer.launch({
   browser: "firefox",
   protocol: "webDriverBiDi",
@@ -104,14 +116,37 @@ const browser = await puppeteer.launch({
   extraPrefsFirefox: prefs,
   // A busy 2-core machine: the first start of a fresh profile can take half a minute.
   timeout: 60_000,
+  // One command that gets no answer (a content process that died, say) fails in 45 s with
+  // its name, instead of puppeteer's default of three minutes.
+  protocolTimeout: 45_000,
+  dumpio: true,  // Firefox's own stderr too, into the test's failure message
+  // Firefox's own sandboxes rely on user namespaces and seccomp, which containers and CI
+  // machines restrict in different ways (as root, Chromium's tests run with --no-sandbox).
+  env: {
+    ...process.env,
+    MOZ_DISABLE_CONTENT_SANDBOX: "1",
+    MOZ_DISABLE_GMP_SANDBOX: "1",
+    MOZ_DISABLE_RDD_SANDBOX: "1",
+    MOZ_DISABLE_SOCKET_PROCESS_SANDBOX: "1",
+    MOZ_DISABLE_UTILITY_SANDBOX: "1",
+  },
 });
-let result;
+progress(`launched ${await browser.version()}`);
 try {
   const pages = [];
   for (const page of job.pages) pages.push(await watch(browser, page));
-  result = { browser: await browser.version(), pages };
+  // The report goes out before the close: a close that hangs must not lose it.
+  // One line behind "REPORT ": with dumpio, Firefox's own stdout shares this stream.
+  const report = { browser: await browser.version(), pages };
+  process.stdout.write(`\nREPORT ${JSON.stringify(report)}\n`);
 } finally {
-  await browser.close();
+  progress("closing");
+  // At most 15 s for the close; then the process ends, and the test kills the process group.
+  const closed = await Promise.race([
+    browser.close().then(() => true, () => false),
+    new Promise((resolve) => setTimeout(() => resolve(false), 15_000).unref()),
+  ]);
+  progress(closed ? "closed" : "close did not finish");
   rmSync(scratch, { recursive: true, force: true });
 }
-process.stdout.write(JSON.stringify(result) + "\n");
+process.exit(0);
