@@ -318,9 +318,11 @@ async def measure(
         )
         for viewer in viewers:
             await _open(viewer, playwright, server, stack)
-        await asyncio.sleep(settings.warmup)  # the warm-up is a duration, not a wait for state
+        # Polled from the warm-up on: a trace shows how each viewer started; the figures
+        # take the window's polls only.
         stop = asyncio.Event()
         poller = asyncio.get_running_loop().create_task(_poll_status(server, viewers, stop))
+        await asyncio.sleep(settings.warmup)  # the warm-up is a duration, not a wait for state
         start = time.time()
         try:
             await _drive_links(viewers, start, window)
@@ -345,8 +347,8 @@ async def _write_trace(
         traced.append(
             {
                 "link": viewer.link.describe(),
-                "pictures": [(round(t - start, 3), a) for t, a in samples if t >= start - 1],
-                "polls": [(round(t - start, 3), p) for t, p in viewer.polls],
+                "pictures": [(round(t - start, 3), a) for t, a in samples if t >= start - 5],
+                "polls": [(round(t - start, 3), p) for t, p in viewer.polls],  # warm-up's too
             }
         )
     name = f"{profile.name}-{mode}-{time.strftime('%H%M%S')}.json"
@@ -370,8 +372,9 @@ async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -
                                 height: el?.video.videoHeight }; }"""
         )
     stats = picture_stats(samples, start, end)
-    rungs = [p.get("rung") for _, p in viewer.polls if p.get("rung") is not None]
-    last = viewer.polls[-1][1] if viewer.polls else {}
+    polls = [(t, p) for t, p in viewer.polls if t >= start]
+    rungs = [p.get("rung") for _, p in polls if p.get("rung") is not None]
+    last = polls[-1][1] if polls else {}
     figures: dict[str, Any] = {
         "link": viewer.link.describe(),
         "error": viewer.error,
@@ -393,10 +396,10 @@ async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -
         back = age_back_under(samples, drop, recovery, AGE_LIMIT_MS)
         figures["age_back_under_300ms_s"] = _round(back)
         figures["age_back_under_300ms_s_never"] = back is None
-        top = top_rung_after(viewer.polls, recovery)
+        top = top_rung_after(polls, recovery)
         figures["top_rung_after_s"] = _round(top)
         # Never back at the top, or a server that does not report rungs (not measured).
-        reported = any("rungIndex" in p for _, p in viewer.polls)
+        reported = any("rungIndex" in p for _, p in polls)
         figures["top_rung_after_s_never"] = reported and top is None
     return figures
 

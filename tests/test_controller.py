@@ -6,6 +6,9 @@ import pytest
 
 from webrtc.controller import (
     DOWN_COOLDOWN,
+    DRAIN_MAX,
+    PAD_HOLD,
+    PAD_RAMP,
     PROBE_BASE,
     PROBE_HOLD,
     PROBE_MAX,
@@ -152,8 +155,26 @@ def test_a_standing_queue_in_the_round_trip_time_steps_down() -> None:
     c.on_receiver_report(0.0, 0.45, 5.0)
     decision = c.decide(5.0)
     assert decision is not None
-    assert decision.index == 1
     assert "round trip" in decision.reason
+    # 430 ms of queue: one rung below the one that fits while it drains, then that one.
+    assert decision.index == 2
+    assert "draining" in decision.reason
+    c.on_receiver_report(0.0, 0.3, 5.5)
+    assert run(c, 5.5, 5.9) == []  # draining
+    c.on_receiver_report(0.0, 0.03, 6.0)
+    back = c.decide(6.0)
+    assert back is not None
+    assert (back.index, back.reason) == (1, "queue drained")
+
+
+def test_a_queue_that_does_not_drain_ends_the_drain_in_time() -> None:
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.0, 0.02, 1.0)
+    c.on_receiver_report(0.0, 0.45, 5.0)
+    assert run(c, 5.0, 5.0) == [2]
+    assert run(c, 5.25, 5.0 + DRAIN_MAX - 0.25) == []
+    assert run(c, 5.0 + DRAIN_MAX, 5.0 + DRAIN_MAX) == [1]
+    assert c.last_reason == "drain time over"
 
 
 def test_steps_up_when_the_estimate_carries_the_next_rung() -> None:
@@ -295,14 +316,16 @@ def test_a_round_trip_that_falls_after_a_step_down_is_a_queue_draining() -> None
     c.on_receiver_report(0.0, 0.6, 5.0)
     first = c.decide(5.0)
     assert first is not None
-    assert first.index == 1
-    c.on_receiver_report(0.0, 0.46, 6.6)  # still high, but falling
-    c.on_receiver_report(0.0, 0.3, 7.6)
-    assert run(c, 6.6, 7.6) == []
-    c.on_receiver_report(0.0, 0.31, 8.6)  # no longer falling: a standing queue
-    again = c.decide(8.6)
+    assert first.index == 2  # draining, one below the rung that fits
+    assert run(c, 5.25, 5.0 + DRAIN_MAX) == [1]  # the drain's time is up: the rung that fits
+    back = 5.0 + DRAIN_MAX
+    c.on_receiver_report(0.0, 0.46, back + 0.6)  # still high, but falling
+    c.on_receiver_report(0.0, 0.3, back + 1.1)
+    assert run(c, back + 0.6, back + 1.1) == []
+    c.on_receiver_report(0.0, 0.31, back + 1.6)  # no longer falling: a standing queue
+    again = c.decide(back + 1.6)
     assert again is not None
-    assert again.index == 2
+    assert again.index >= 2
 
 
 def test_congestion_soon_after_a_probe_held_counts_as_a_failed_probe() -> None:
@@ -318,10 +341,13 @@ def test_congestion_soon_after_a_probe_held_counts_as_a_failed_probe() -> None:
     c.on_receiver_report(0.0, 0.6, late)
     decision = c.decide(late)
     assert decision is not None
-    assert decision.index == 1
+    assert decision.index == 2  # draining 600 ms of queue
     assert "after a probe" in decision.reason
-    assert run(c, late, late + 2 * PROBE_BASE - 0.5) == []
-    assert run(c, late, late + 2 * PROBE_BASE + 0.5) == [0]
+    c.on_receiver_report(0.0, 0.002, late + 0.6)
+    assert run(c, late + 0.25, late + 0.6) == [1]  # drained
+    drained = late + 0.5
+    assert run(c, late + 0.75, drained + 2 * PROBE_BASE - 0.5) == []
+    assert run(c, drained + 2 * PROBE_BASE - 0.25, drained + 2 * PROBE_BASE + 0.5) == [0]
 
 
 def test_a_probe_trusted_for_a_while_forgets_earlier_failures() -> None:
@@ -349,3 +375,91 @@ def test_a_drop_moves_to_the_rung_the_estimate_itself_carries() -> None:
     decision = c.decide(5.0)
     assert decision is not None
     assert decision.index == 1
+
+
+# -- padding probes (webrtc/padding.py) ------------------------------------------------------
+
+
+def _calm_on_rung_1(c: RungController, until: float, remb: int = 600_000) -> None:
+    """Reports of a calm viewer on rung 1, sent ~400 kbit/s, every 0.25 s up to ``until``."""
+    t = 0.0
+    while t <= until:
+        c.on_remb(remb, t)
+        c.on_receiver_report(0.0, 0.01, t)
+        c.on_sent(round(t * 400_000 / 8), t)
+        t += 0.25
+
+
+def test_with_padding_a_probe_pads_first_and_switches_only_once_the_link_carried_it() -> None:
+    """A padding probe: padding ramps up to the next rung's extra need; the rung does not
+    change during it, and does once it held."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    assert run(c, 0.0, PROBE_BASE + 0.5) == []
+    assert c.probing
+    assert c.warm == 0
+    started = next(t for t in (PROBE_BASE + i * 0.25 for i in range(-2, 3)) if c.padding_rate(t))
+    extra = NEEDS[0] - 400_000 * 1.1
+    assert 0 < c.padding_rate(started + PAD_RAMP / 3) < c.padding_rate(started + PAD_RAMP / 2)
+    assert c.padding_rate(started + PAD_RAMP) == pytest.approx(extra, rel=0.05)
+    assert c.index == 1
+    t = started
+    moves: list[int] = []
+    while t < started + PAD_RAMP + PAD_HOLD + 0.5:
+        c.on_remb(600_000, t)  # no decrease: no queue grew
+        c.on_receiver_report(0.0, 0.01, t)
+        if (decision := c.decide(t)) is not None:
+            moves.append(decision.index)
+        t += 0.25
+    assert moves == [0]
+    assert "padding probe held" in c.last_reason
+    assert c.padding_rate(t) == 0
+
+
+def test_a_padding_probe_that_lowers_the_estimate_stops_without_a_step_down() -> None:
+    """The estimate falls during the probe (the receiver saw a queue grow): padding stops,
+    the viewer stays on its rung, and the next probe waits twice as long."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    assert c.probing
+    t = PROBE_BASE + 1.0
+    c.on_remb(560_000, t)  # 7 % below the probe's best
+    assert c.decide(t) is None
+    assert not c.probing
+    assert c.padding_rate(t) == 0
+    assert "padding probe failed" in c.last_reason
+    assert c.index == 1
+    # Calm again: no probe before twice the base wait.
+    end = t + 2 * PROBE_BASE - 0.5
+    while t < end:
+        t += 0.25
+        c.on_remb(560_000, t)
+        c.on_receiver_report(0.0, 0.01, t)
+        c.on_sent(round(t * 400_000 / 8), t)
+        assert c.decide(t) is None
+        assert not c.probing, t
+
+
+def test_a_padding_probe_stops_on_a_queue_in_the_round_trip() -> None:
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    assert c.probing
+    c.on_receiver_report(0.0, 0.12, PROBE_BASE + 1.5)  # 110 ms above the lowest
+    assert c.decide(PROBE_BASE + 1.5) is None
+    assert not c.probing
+    assert c.index == 1
+
+
+def test_without_padding_the_probe_switches_rungs() -> None:
+    """A viewer without an RTX stream cannot be padded: the probe is a switch, as before."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    assert run(c, 0.0, PROBE_BASE + 0.5) == [0]
+    assert c.probe_from == 1
+    assert c.warm is None
+    assert c.padding_rate(PROBE_BASE + 0.5) == 0

@@ -65,6 +65,15 @@ PROBE_AGAIN = 1.5
 PROBE_MAX = 30.0
 PROBE_HOLD = 3.0
 PROBE_TRUST = 10.0
+#: Padding probes (:mod:`webrtc.padding`): the next rung's bits tried as padding first.
+PAD_RAMP = 2.0  # seconds over which padding rises from nothing to the next rung's extra need
+PAD_HOLD = 2.0  # seconds at the full extra need (a shaper's bucket of ~32 kB must run dry)
+PAD_DECREASE = 0.97  # any estimate below this share of the probe's best: the queue grew
+#: Draining: a step down that finds a standing queue goes one rung further for a moment.
+DRAIN_QUEUE = 0.2  # seconds of queue (round trip above its lowest) worth draining fast
+DRAIN_DONE = 0.03  # a round trip this close to its lowest: drained
+DRAIN_MAX = 2.0  # the longest a viewer stays on the draining rung
+PAD_RTT_QUEUE = 0.04  # a round trip this much above the lowest during a padding probe: a queue
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -90,13 +99,26 @@ class RungController:
         self._needs = list(needs)
         self.index = min(max(0, start), len(needs) - 1)
         self._changed_at = now
-        self._moved_up = False
+        # As after a step up: no earlier rung's queue is left to drain, so the first reports
+        # already judge the starting rung (a slow link is stepped down within a second or two).
+        self._moved_up = True
         self._last_down = -math.inf
         self._calm_since = now
         self._probe_from: int | None = None
         self._probe_started = 0.0
         self._probe_wait = PROBE_BASE
         self._failed_probes = 0
+        #: Whether the viewer can be padded (RTX negotiated); its owner says so.
+        self.can_pad = False
+        #: A padding probe: when it started, the wire bitrate it pads up from, the best
+        #: estimate seen since it started.
+        self._pad_started: float | None = None
+        self._pad_base = 0.0
+        self._pad_best = 0
+        #: The padding last asked for, bit/s.
+        self.padding = 0.0
+        #: While draining: the rung to go back to, and the latest time to.
+        self._drain: tuple[int, float] | None = None
         #: A probe that held, not yet trusted: (the rung it reached, when it held).
         self._trial: tuple[int, float] | None = None
         self._previous_loss = 0.0
@@ -124,6 +146,8 @@ class RungController:
             self._remb_dropped_at = now
         self._remb = bitrate
         self._remb_at = now
+        if self._pad_started is not None:
+            self._pad_best = max(self._pad_best, bitrate)
         self._rembs.append((now, bitrate))
         while len(self._rembs) > 2 and now - self._rembs[1][0] >= REMB_FLAT_WINDOW:
             self._rembs.popleft()
@@ -189,12 +213,31 @@ class RungController:
 
     @property
     def probing(self) -> bool:
-        return self._probe_from is not None
+        return self._probe_from is not None or self._pad_started is not None
 
     @property
     def probe_from(self) -> int | None:
         """During a probe: the rung to go back to if it fails."""
         return self._probe_from
+
+    @property
+    def warm(self) -> int | None:
+        """During a padding probe, the rung it probes for: its encoder should be running so
+        that a probe that passes switches at once."""
+        return self.index - 1 if self._pad_started is not None else None
+
+    def padding_rate(self, now: float) -> float:
+        """Bit/s of padding to send the viewer now on top of its media (0: none).
+
+        During a padding probe: a ramp from nothing to what the next rung needs beyond what the
+        viewer is sent (over ``PAD_RAMP``), then that much for ``PAD_HOLD``. A link that cannot
+        carry it shows a queue as the ramp crosses its rate, when the excess is still small.
+        """
+        self.padding = 0.0
+        if self._pad_started is not None and self.index > 0:
+            share = min(1.0, max(0.0, now - self._pad_started) / PAD_RAMP)
+            self.padding = max(0.0, self._needs[self.index - 1] - self._pad_base) * share
+        return self.padding
 
     # -- the decision -------------------------------------------------------------------------
 
@@ -210,7 +253,10 @@ class RungController:
         """Why the path is congested now, or None."""
         if (
             self._remb is not None
-            and now - self._remb_dropped_at <= DOWN_COOLDOWN
+            # A recent drop since the rung was last judged, even one that the cool-down
+            # after the previous step kept from being acted on at once (a link that fell from
+            # 2 Mbit/s to 300 kbit/s drops the estimate twice within a second).
+            and self._fresh(self._remb_dropped_at, now)
             and self._since_change(self._remb_dropped_at, REMB_SETTLE)
             and self._remb < self._needs[self.index]
         ):
@@ -226,6 +272,16 @@ class RungController:
             # estimate early does so because its queue grew (Chrome: ~300 kbit/s within a
             # second on a 300 kbit/s link; on a clean one nothing for ~5 s, then half the need).
             return f"estimate {self._remb // 1000} kbit/s, far below the rung's"
+        if (
+            self._remb is not None
+            and self._fresh(self._remb_at, now)
+            and self._since_change(self._remb_at, REMB_SETTLE)
+            and self._remb < self._needs[self.index]
+            and self._queue_standing(now)
+        ):
+            # Below the rung's need with a queue already in the round trip: the link is short
+            # of this rung now (a viewer that starts on the top rung over a slow link).
+            return f"estimate {self._remb // 1000} kbit/s, below the rung's, and a queue"
         if self._remb is not None and self._stuck_below(now) and self._queue_likely(now):
             # Below the rung's need and not rising: a receiver that can take more raises its
             # estimate steadily (~5 % a half second); one held at its link's rate does not.
@@ -268,6 +324,28 @@ class RungController:
             return unmeasured
         return self._rtt > self._rtt_min + RTT_QUEUE or self._rtt >= RTT_HIGH
 
+    def _queue_standing(self, now: float) -> bool:
+        """Round trips, measured since the last change and not falling, both well above the
+        lowest and long in themselves: a queue, not a busy machine's moment of lag."""
+        return (
+            self._rtt is not None
+            and self._rtt_min is not None
+            and self._fresh(self._rtt_at, now)
+            and self._since_change(self._rtt_at, REMB_SETTLE if self._moved_up else RTT_SETTLE)
+            and self._rtt >= RTT_HIGH
+            and self._rtt > self._rtt_min + RTT_QUEUE
+            # Two reports running: one long round trip alone is as often the machine.
+            and self._rtt_previous is not None
+            and self._rtt_previous >= RTT_HIGH
+            and not self._rtt_falling()
+        )
+
+    def _queue_seconds(self, now: float) -> float:
+        """The queue in the path by the latest round trip (above the lowest), 0 if unknown."""
+        if self._rtt is None or self._rtt_min is None or not self._fresh(self._rtt_at, now):
+            return 0.0
+        return max(0.0, self._rtt - self._rtt_min)
+
     def _rtt_falling(self) -> bool:
         """The last two round-trip times fall: a queue draining after a step down."""
         previous = self._rtt_previous
@@ -307,6 +385,34 @@ class RungController:
         self.last_reason = reason
         return Decision(index, reason)
 
+    def _pad_total(self) -> int:
+        return round(self._pad_base + self.padding)
+
+    def _pad_probe_trouble(self, now: float) -> str | None:
+        """What shows that the link does not carry a padding probe, or None."""
+        started = self._pad_started
+        assert started is not None
+        why = self._congested(now)
+        if why is not None:
+            return why
+        if (
+            self._remb is not None
+            and self._remb_at >= started
+            and self._remb < PAD_DECREASE * self._pad_best
+        ):
+            # Chrome's estimate only falls when its delay detector sees a queue grow.
+            return f"estimate fell to {self._remb // 1000} kbit/s"
+        if self._loss_at >= started and self._loss > LOSS_LOW:
+            return f"{self._loss:.0%} lost"
+        if (
+            self._rtt is not None
+            and self._rtt_min is not None
+            and self._rtt_at >= started
+            and self._rtt > self._rtt_min + PAD_RTT_QUEUE
+        ):
+            return f"round trip {self._rtt * 1000:.0f} ms"
+        return None
+
     def _probe_failed(self) -> None:
         self._failed_probes += 1
         self._probe_wait = min(PROBE_MAX, PROBE_BASE * 2**self._failed_probes)
@@ -314,6 +420,25 @@ class RungController:
     def decide(self, now: float) -> Decision | None:
         """The rung to move to now, or None to stay."""
         bottom = len(self._needs) - 1
+        if self._pad_started is not None:
+            failed = self._pad_probe_trouble(now)
+            if failed is not None:
+                # The padding is what the link could not carry: it stops, and the queue it
+                # built drains before any report judges the rung again (no step down for it).
+                self._pad_started = None
+                self._probe_failed()
+                self._changed_at = self._calm_since = now
+                self._moved_up = False
+                self.last_reason = f"padding probe failed: {failed}"
+                return None
+            if now - self._pad_started >= PAD_RAMP + PAD_HOLD:
+                self._pad_started = None
+                total = self._pad_total() // 1000
+                decision = self._move(self.index - 1, f"padding probe held {total} kbit/s", now)
+                self._trial = (self.index, now)
+                self._probe_wait = PROBE_AGAIN
+                return decision
+            return None
         why = self._congested(now)
         if why is not None:
             self._calm_since = now
@@ -336,8 +461,28 @@ class RungController:
                 target = max(target, self._fits(self._remb))
             # A fresh step down: probing starts again from its base wait.
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
+            self._drain = None
+            queue = self._queue_seconds(now)
+            if queue >= DRAIN_QUEUE and target < bottom:
+                # The rung that fits drains a queue at only the link's spare rate (a 0.4 s
+                # queue at 600 kbit/s takes 1.5 s from 360p): one rung lower, until it is gone.
+                self._drain = (target, now + DRAIN_MAX)
+                why = f"{why}; draining {queue * 1000:.0f} ms of queue"
+                target += 1
             return self._move(target, f"congestion: {why}", now)
 
+        if self._drain is not None:
+            back, until = self._drain
+            drained = (
+                self._rtt is not None
+                and self._rtt_min is not None
+                and self._since_change(self._rtt_at, REMB_SETTLE)
+                and self._rtt <= self._rtt_min + DRAIN_DONE
+            )
+            if drained or now >= until:
+                self._drain = None
+                return self._move(back, "queue drained" if drained else "drain time over", now)
+            return None
         if self._trial is not None and now - self._trial[1] >= PROBE_TRUST:
             self._trial = None
             self._failed_probes = 0
@@ -366,8 +511,17 @@ class RungController:
             and self._remb < self._needs[self.index]
         )
         if calm >= self._probe_wait and not lossy and not short:
+            self.probes += 1
+            if self.can_pad:
+                # Padding first (see padding_rate); the rung switches only if the link
+                # carried it. A failed padding probe costs a short queue, not a rung's worth.
+                sent = self.sent_bitrate
+                self._pad_started = now
+                self._pad_base = sent * WIRE_FACTOR if sent else float(self._needs[self.index])
+                self._pad_best = self._remb or 0
+                self.last_reason = "padding probe"
+                return None
             self._probe_from = self.index
             self._probe_started = now
-            self.probes += 1
             return self._move(self.index - 1, "probing", now)
         return None

@@ -43,6 +43,7 @@ from .errors import NegotiationError
 from .frames import CapturedFrame
 from .ladder import Ladder, LadderSpec
 from .latest import Latest, LatestClosed
+from .padding import RtxPadding
 from .pool import Leases
 from .tracks import EncodedVideoTrack, RawVideoTrack
 
@@ -215,6 +216,7 @@ class Peer:
         self._keys: list[VideoKey] = []
         self._controller: RungController | None = None
         self._reports: SenderReports | None = None
+        self._padding: RtxPadding | None = None
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()
         self._running = False
@@ -408,6 +410,27 @@ class Peer:
         _hook_sender(self._transceiver.sender, track, controller, reports)
         if not await self._wait_connected():
             return
+        padding = self._padding = RtxPadding(self._transceiver.sender)
+        padder = None
+        if len(self._keys) > 1:
+            padder = asyncio.create_task(
+                padding.run(lambda: controller.padding_rate(time.monotonic())),
+                name=f"padding {self.viewer_id}",
+            )
+        try:
+            await self._control(track, leases, controller, reports, padding, on_rung)
+        finally:
+            if padder is not None:
+                padder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await padder
+
+    async def _control(
+        self, track: EncodedVideoTrack, leases: Leases[VideoKey, SharedEncoder],
+        controller: RungController, reports: SenderReports, padding: RtxPadding,
+        on_rung: Callable[[RungInfo], Awaitable[None]] | None,
+    ) -> None:  # fmt: skip
+        """The controller's loop: its decisions applied every ``CONTROL_INTERVAL``."""
         shown: SharedEncoder | None = None
         while not self._ended.is_set():
             if track.encoder is not shown and on_rung is not None:
@@ -420,6 +443,7 @@ class Peer:
             if len(self._keys) > 1:
                 await reports.send()
             controller.on_sent(track.bytes_sent, now)
+            controller.can_pad = padding.usable
             decision = controller.decide(now)
             if decision is not None and len(self._keys) > 1:
                 logger.info(
@@ -435,6 +459,8 @@ class Peer:
             keep = [e for e in (track.encoder, track.pending) if e is not None]
             if controller.probe_from is not None:
                 keep.append(leases.take(self._keys[controller.probe_from]))
+            if controller.warm is not None:  # a padding probe's rung: ready if it passes
+                keep.append(leases.take(self._keys[controller.warm]))
             leases.keep_only(keep)
 
     def rung_info(self) -> RungInfo:
@@ -475,6 +501,9 @@ class Peer:
                 "keyframesSent": track.keyframes_sent,
                 "restarts": track.restarts,  # PLIs answered from a pass-through's cache
                 "senderReports": self._reports.sent if self._reports else 0,
+                # Padding so far (webrtc/padding.py): what the viewer was sent to learn its link.
+                "paddingBytes": self._padding.bytes if self._padding else 0,
+                "paddingBps": round(controller.padding) if controller else 0,
             }
         return info
 

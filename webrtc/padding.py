@@ -1,0 +1,109 @@
+"""Padding: extra bytes on a viewer's link so that its receiver's estimate can grow.
+
+A receiver's bandwidth estimate (Chrome's REMB) rarely exceeds 1.5x what it receives, and grows
+by ~8 % a second at most while what it receives keeps up with it. A viewer on a low rung of the
+ladder is sent that rung's bitrate: its estimate stays at 1.5x that, however fast its link, and
+says nothing of whether the next rung (2-3x as many bits) would fit. Switching up to find out
+(a probe) costs a queue of a second or more on a link that cannot carry the rung.
+
+Padding fills the gap the way a congestion-controlled sender does: the viewer is sent its
+rung's media plus padding up to what its receiver estimates, so the estimate climbs while the
+link keeps up and falls (the receiver's delay-based detector sees the queue within a few
+hundred milliseconds) as soon as it does not. The controller (:mod:`webrtc.controller`)
+decides how much; :class:`RtxPadding` sends it, paced, as padding-only RTP packets on the
+viewer's retransmission (RTX) stream: a receiver counts their bytes and their send times
+(abs-send-time) in its estimate and then drops them (RFC 4588 streams carry no media of their
+own; libwebrtc pads the same way). The video is not touched.
+
+It uses aiortc's private sender state (the RTX stream's payload type, SSRC and sequence
+number, the header extension map and the media id), as the sender reports do;
+``tests/test_padding.py`` fails when an aiortc upgrade breaks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiortc import RTCRtpSender, clock
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+logger = logging.getLogger(__name__)
+
+#: The most padding one RTP packet carries (its last byte counts the padding, RFC 3550 5.1).
+PADDING_BYTES = 255
+#: What such a packet takes on the wire: RTP header (12), abs-send-time and mid extensions (~12),
+#: SRTP tag (10), UDP/IP (28).
+PACKET_WIRE_BYTES = PADDING_BYTES + 62
+#: The pacing tick: padding goes out every 10 ms, never in a burst that is itself a queue.
+TICK = 0.01
+#: At most this much padding is owed at once (a tick that came late does not become a burst).
+MAX_OWED_BYTES = 4 * PACKET_WIRE_BYTES
+
+
+class RtxPadding:
+    """Padding-only RTX packets for one viewer's sender (see the module's text)."""
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self._sender = sender
+        self.packets = 0
+        self.bytes = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether the viewer negotiated an RTX stream and media has started on the sender."""
+        sender = self._sender
+        return (
+            getattr(sender, "_RTCRtpSender__rtx_payload_type", None) is not None
+            and bool(getattr(sender, "_RTCRtpSender__ntp_timestamp", 0))
+            and getattr(sender, "_RTCRtpSender__rtx_sequence_number", None) is not None
+        )
+
+    async def send(self, count: int) -> None:
+        """Send ``count`` padding packets now."""
+        sender = self._sender
+        payload_type = getattr(sender, "_RTCRtpSender__rtx_payload_type", None)
+        if payload_type is None:
+            return
+        extensions = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
+        timestamp = getattr(sender, "_RTCRtpSender__rtp_timestamp", 0)
+        mid = getattr(sender, "_RTCRtpSender__mid", None)
+        for _ in range(count):
+            sequence = sender._RTCRtpSender__rtx_sequence_number  # type: ignore[attr-defined]
+            packet = RtpPacket(
+                payload_type=payload_type,
+                sequence_number=sequence,
+                timestamp=timestamp,
+                ssrc=sender._rtx_ssrc,
+            )
+            packet.padding_size = PADDING_BYTES
+            packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+            packet.extensions.mid = mid
+            sender._RTCRtpSender__rtx_sequence_number = uint16_add(sequence, 1)  # type: ignore[attr-defined]
+            await sender.transport._send_rtp(packet.serialize(extensions))
+            self.packets += 1
+            self.bytes += PACKET_WIRE_BYTES
+
+    async def run(self, rate: Callable[[], float]) -> None:
+        """Pad at ``rate()`` bit/s (asked every tick; 0: none) until cancelled."""
+        owed = 0.0
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)  # the pacing clock itself
+            now = time.monotonic()
+            bits = rate()
+            if bits <= 0 or not self.usable:
+                owed, last = 0.0, now
+                continue
+            owed = min(MAX_OWED_BYTES, owed + bits / 8 * (now - last))
+            last = now
+            count = int(owed // PACKET_WIRE_BYTES)
+            if count:
+                owed -= count * PACKET_WIRE_BYTES
+                try:
+                    await self.send(count)
+                except ConnectionError:
+                    return  # the transport is gone: the peer is closing
