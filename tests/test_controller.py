@@ -463,3 +463,20 @@ def test_without_padding_the_probe_switches_rungs() -> None:
     assert c.probe_from == 1
     assert c.warm is None
     assert c.padding_rate(PROBE_BASE + 0.5) == 0
+
+
+def test_an_estimate_stuck_below_an_idle_link_does_not_stop_padding_probes() -> None:
+    """After heavy loss Chrome's estimate can sit below even the bottom rung on a link with
+    no queue: with padding, the viewer still probes (without padding it would not)."""
+    for can_pad, probes in ((True, 1), (False, 0)):
+        c = RungController(NEEDS, start=3, now=0.0)
+        c.can_pad = can_pad
+        t = 0.0
+        while t <= PROBE_BASE + 1.0:
+            c.on_remb(50_000, t)
+            c.on_receiver_report(0.0, 0.002, t)
+            c.on_sent(round(t * 70_000 / 8), t)
+            c.decide(t)
+            t += 0.25
+        assert c.probes == probes, can_pad
+        assert c.index == 3

@@ -509,6 +509,10 @@ class RungController:
             self._remb is not None
             and self._fresh(self._remb_at, now)
             and self._remb < self._needs[self.index]
+            # ... unless padding can find out safely and nothing shows a queue: after heavy
+            # loss Chrome's estimate can sit far below a link that is idle (seen: 50 kbit/s
+            # for 15 s on 300 kbit/s, round trip 2 ms), and only what it receives raises it.
+            and not (self.can_pad and not self._queue_likely(now, unmeasured=True))
         )
         if calm >= self._probe_wait and not lossy and not short:
             self.probes += 1
