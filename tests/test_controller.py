@@ -449,6 +449,10 @@ def test_a_padding_probe_stops_on_a_queue_in_the_round_trip() -> None:
     _calm_on_rung_1(c, PROBE_BASE + 0.5)
     run(c, 0.0, PROBE_BASE + 0.5)
     assert c.probing
+    c.on_receiver_report(0.0, 0.06, PROBE_BASE + 1.0)  # 50 ms up once: a busy machine
+    c.on_receiver_report(0.0, 0.01, PROBE_BASE + 1.25)
+    assert c.decide(PROBE_BASE + 1.25) is None
+    assert c.probing
     c.on_receiver_report(0.0, 0.12, PROBE_BASE + 1.5)  # 110 ms above the lowest
     assert c.decide(PROBE_BASE + 1.5) is None
     assert not c.probing

@@ -78,6 +78,7 @@ async def test_receiver_reports_and_remb_reach_the_controller(server: TestServer
         assert peer["fractionLost"] == 0
         assert isinstance(peer["senderReports"], int)
         assert peer["senderReports"] > 0  # ours, every control tick, answered with a round trip
+        assert peer["paddingBytes"] == 0  # the top rung has nothing above it to probe for
         rung = await viewer.wait_rung()
         assert rung["index"] == 0
         assert rung["count"] == 4

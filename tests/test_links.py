@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, Playwright
+from aiohttp.test_utils import TestServer
+from playwright.async_api import BrowserContext, Page, Playwright
 
 from tests.aiortc_viewer import AiortcViewer
 from tests.browser import wait_for
@@ -52,6 +53,20 @@ async def _playing(page: Page, mode: str, timeout_s: float, what: str) -> Any:
     )
 
 
+async def _moved_down(context: BrowserContext, server: TestServer, net: ViewerNet) -> Page:
+    """A page of the lab's Chromium, once its viewer (on a slow link) left the top rung."""
+    page = await context.new_page()
+    await page.goto(lab_url(server, net, "/?codec=vp8"))
+    await wait_for(
+        page,
+        '() => document.querySelector("peercam-view")?.dataset.rung > "0"',
+        timeout_s=25,
+        what="the slow viewer moved down the ladder",
+        diagnosis_js=INFO_JS,
+    )
+    return page
+
+
 async def _window(page: Page, seconds: float) -> Any:
     """Picture figures over the next ``seconds`` (the page's own clock, via its samples)."""
     start = time.time()
@@ -75,15 +90,7 @@ async def test_a_slow_viewer_stays_live_while_a_clean_one_keeps_the_top_rung(
         async with chromium_in(viewer_net, playwright) as browser:
             context = await browser.new_context(viewport={"width": 800, "height": 600})
             await context.add_init_script(PICTURE_AGE_JS)
-            page = await context.new_page()
-            await page.goto(lab_url(server, viewer_net, "/?codec=vp8"))
-            await wait_for(
-                page,
-                '() => document.querySelector("peercam-view")?.dataset.rung > "0"',
-                timeout_s=25,
-                what="the slow viewer moved down the ladder",
-                diagnosis_js=INFO_JS,
-            )
+            page = await _moved_down(context, server, viewer_net)
             stats = await _window(page, 6.0)
             info = await page.evaluate(INFO_JS)
             peers = [p.stats() for p in service_of(server).peers.peers()]
@@ -143,3 +150,35 @@ async def test_five_percent_loss_keeps_the_picture_moving(
     assert info["mode"] == "WebRTC", info
     assert stats.fps > 5, stats
     assert stats.longest_freeze_s < 2.0, stats
+
+
+@pytest.mark.timeout(180)
+async def test_a_viewer_whose_link_recovers_climbs_back_through_padding_probes(
+    make_server: ServerFactory, viewer_net: ViewerNet, playwright: Playwright
+) -> None:
+    """300 kbit/s, then the link is clean again: Chromium's viewer climbs back to the top rung,
+    each step up after a padding probe the link carried (webrtc/padding.py), its picture never
+    switched to a rung for probing."""
+    server = await make_server(host="0.0.0.0", ice_addresses=(viewer_net.server_address,))
+    await viewer_net.set_rate(300)
+    async with chromium_in(viewer_net, playwright) as browser:
+        context = await browser.new_context(viewport={"width": 800, "height": 600})
+        page = await _moved_down(context, server, viewer_net)
+        await viewer_net.set_rate(None)
+        reasons: set[str] = set()
+
+        def on_top() -> bool:
+            [peer] = [p.stats() for p in service_of(server).peers.peers()]
+            reasons.add(str(peer["rungReason"]))
+            return peer["rungIndex"] == 0
+
+        # Two or three probes of ~4 s, 1.5-5 s apart: a generous bound for a busy machine.
+        await eventually(on_top, timeout=90)
+        [peer] = [p.stats() for p in service_of(server).peers.peers()]
+        info = await page.evaluate(INFO_JS)
+        await context.close()
+    assert isinstance(peer["paddingBytes"], int)
+    assert peer["paddingBytes"] > 10_000, peer
+    assert any(r.startswith("padding probe held") for r in reasons), reasons
+    assert not any(r == "probing" for r in reasons), reasons  # no switch probe
+    assert info["mode"] == "WebRTC", info

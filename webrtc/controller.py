@@ -25,6 +25,14 @@ The rules, in order:
   only trusted after ``PROBE_TRUST`` seconds: congestion on the probed rung before then (a
   round-trip time reports a queue a second or two late) counts as a failed probe too, or a link
   just short of a rung would be probed every few seconds, each probe a second of late pictures.
+- **Probes pad first.** A viewer that can be padded (it negotiated RTX; :mod:`webrtc.padding`)
+  is not switched to probe: padding ramps up to the next rung's extra need over ``PAD_RAMP``
+  and holds it ``PAD_HOLD``, and only then does the viewer switch. A falling estimate, loss or
+  a round trip ``PAD_RTT_QUEUE`` above its lowest stops the padding: a failed probe, with no
+  step down (the queue it built drains with the padding gone).
+- **A standing queue is drained.** A step down that finds ``DRAIN_QUEUE`` of queue in the
+  round trip goes one rung lower than the estimate carries, until the round trip is back near
+  its lowest (at most ``DRAIN_MAX``), then to that rung.
 - **A queue that drains is not new congestion.** After a step down the round-trip time stays
   high until the queue in the path has drained; only a round trip that is not falling is judged.
 """
@@ -404,13 +412,17 @@ class RungController:
             return f"estimate fell to {self._remb // 1000} kbit/s"
         if self._loss_at >= started and self._loss > LOSS_LOW:
             return f"{self._loss:.0%} lost"
-        if (
-            self._rtt is not None
-            and self._rtt_min is not None
-            and self._rtt_at >= started
-            and self._rtt > self._rtt_min + PAD_RTT_QUEUE
-        ):
-            return f"round trip {self._rtt * 1000:.0f} ms"
+        if self._rtt is not None and self._rtt_min is not None and self._rtt_at >= started:
+            # Twice the margin at once, or the margin twice running: a busy machine's event
+            # loop adds tens of milliseconds to one round trip now and then, not to two.
+            over = self._rtt - self._rtt_min
+            previous = self._rtt_previous
+            if over > 2 * PAD_RTT_QUEUE or (
+                over > PAD_RTT_QUEUE
+                and previous is not None
+                and previous - self._rtt_min > PAD_RTT_QUEUE
+            ):
+                return f"round trip {self._rtt * 1000:.0f} ms"
         return None
 
     def _probe_failed(self) -> None:

@@ -51,13 +51,16 @@ class RtxPadding:
         self._sender = sender
         self.packets = 0
         self.bytes = 0
+        #: Sending failed other than by the transport closing: padding is off for good.
+        self.broken = False
 
     @property
     def usable(self) -> bool:
         """Whether the viewer negotiated an RTX stream and media has started on the sender."""
         sender = self._sender
         return (
-            getattr(sender, "_RTCRtpSender__rtx_payload_type", None) is not None
+            not self.broken
+            and getattr(sender, "_RTCRtpSender__rtx_payload_type", None) is not None
             and bool(getattr(sender, "_RTCRtpSender__ntp_timestamp", 0))
             and getattr(sender, "_RTCRtpSender__rtx_sequence_number", None) is not None
         )
@@ -107,3 +110,9 @@ class RtxPadding:
                     await self.send(count)
                 except ConnectionError:
                     return  # the transport is gone: the peer is closing
+                except Exception:
+                    # aiortc's private state not what it was: no padding for this viewer (its
+                    # probes switch rungs instead), and its session goes on.
+                    logger.warning("padding stopped", exc_info=True)
+                    self.broken = True
+                    return
