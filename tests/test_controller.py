@@ -484,3 +484,15 @@ def test_an_estimate_stuck_below_an_idle_link_does_not_stop_padding_probes() -> 
             t += 0.25
         assert c.probes == probes, can_pad
         assert c.index == 3
+
+
+def test_an_estimate_lowered_in_small_steps_is_a_drop() -> None:
+    """Chrome lowers its estimate a few percent a report: 610 -> 510 kbit/s in half a second
+    is a drop, though no single report falls by 10 %."""
+    c = RungController(NEEDS, now=0.0)
+    for i, bitrate in enumerate((613_000, 590_000, 566_000, 540_000, 510_000)):
+        c.on_remb(bitrate, 1.5 + i * 0.12)
+    decision = c.decide(2.1)
+    assert decision is not None
+    assert decision.index == 1
+    assert "estimate fell" in decision.reason

@@ -50,7 +50,8 @@ HEADER_BITS_PER_FRAME = 2 * 60 * 8  # ~2 packets a frame, ~60 bytes of headers e
 #: A fresh report: older ones are not evidence of anything.
 REPORT_MAX_AGE = 3.0
 #: Congestion signals.
-REMB_DROP = 0.9  # a REMB below 90 % of the previous one: the receiver saw queueing
+REMB_DROP = 0.9  # below 90 % of the highest REMB of the last second: the receiver saw a queue
+REMB_DROP_WINDOW = 1.0
 FAR_BELOW = 0.4  # a REMB below 40 % of the rung's need is congestion, dropped or not
 REMB_FLAT_WINDOW = 3.0  # seconds over which an estimate below the need must rise ...
 REMB_RISING = 1.1  # ... by this factor, or it is held by the link
@@ -150,7 +151,12 @@ class RungController:
 
     def on_remb(self, bitrate: int, now: float) -> None:
         """The receiver's estimated maximum bitrate (REMB), bit/s."""
-        if self._remb is not None and bitrate < self._remb * REMB_DROP:
+        # Against the highest of the last second: Chrome lowers its estimate in steps of a
+        # few percent each, 610 -> 510 kbit/s within half a second, never 10 % at once.
+        recent = [b for t, b in self._rembs if now - t <= REMB_DROP_WINDOW]
+        if self._remb is not None:
+            recent.append(self._remb)  # the previous one, however old
+        if recent and bitrate < max(recent) * REMB_DROP:
             self._remb_dropped_at = now
         self._remb = bitrate
         self._remb_at = now
