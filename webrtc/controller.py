@@ -67,6 +67,7 @@ RTT_HIGH = 0.15  # a round trip this long corroborates it too (the lowest may in
 REMB_SETTLE = 0.5  # reports this soon after a change still describe the previous rung
 RTT_SETTLE = 1.5  # a queue takes about this long to drain after a step down
 DOWN_COOLDOWN = 1.0
+ESTIMATE_LAG = 3.0  # after a step down (or a drain), an estimate drop needs a queue to count
 UP_HOLD = 2.0
 UP_MARGIN = 1.15
 PROBE_BASE = 5.0
@@ -126,6 +127,7 @@ class RungController:
         self._pad_best = 0
         #: The padding last asked for, bit/s.
         self.padding = 0.0
+        self._estimate_lags_until = -math.inf  # see ESTIMATE_LAG
         #: While draining: the rung to go back to, and the latest time to.
         self._drain: tuple[int, float] | None = None
         #: A probe that held, not yet trusted: (the rung it reached, when it held).
@@ -273,6 +275,10 @@ class RungController:
             and self._fresh(self._remb_dropped_at, now)
             and self._since_change(self._remb_dropped_at, REMB_SETTLE)
             and self._remb < self._needs[self.index]
+            # For a few seconds after a step down Chrome's estimate goes on falling towards
+            # 0.85x what it now receives, queue or not: only a queue in the round trip makes
+            # that a reason to step again (otherwise 600 kbit/s viewers spiralled to 111).
+            and (now >= self._estimate_lags_until or self._queue_likely(now, unmeasured=False))
         ):
             return f"estimate fell to {self._remb // 1000} kbit/s"
         if (
@@ -389,8 +395,9 @@ class RungController:
         return len(self._needs) - 1
 
     def _move(self, index: int, reason: str, now: float) -> Decision:
-        if index > self.index:
+        if index > self.index or self._drain is not None:
             self._last_down = now
+            self._estimate_lags_until = now + ESTIMATE_LAG
         self._moved_up = index < self.index
         self.index = index
         self._changed_at = now
@@ -498,8 +505,10 @@ class RungController:
                 and self._rtt <= self._rtt_min + DRAIN_DONE
             )
             if drained or now >= until:
+                # Moved while still draining: the estimate lags this move too (see _move).
+                decision = self._move(back, "queue drained" if drained else "drain time over", now)
                 self._drain = None
-                return self._move(back, "queue drained" if drained else "drain time over", now)
+                return decision
             return None
         if self._trial is not None and now - self._trial[1] >= PROBE_TRUST:
             self._trial = None
