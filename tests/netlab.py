@@ -62,6 +62,27 @@ MAX_NETS = SUBNET.num_addresses // 4  # one /30 each
 DEFAULT_BURST_BYTES = 32 * 1024  # >= 32 kB: a smaller bucket stalls TCP (NETLAB.md, pitfalls)
 CLONE_NEWNET = 0x40000000
 
+#: In a page of peercam: the selected ICE candidate pair of its peer connection (candidate
+#: types, transport, the relay's transport, both addresses as "address:port"); None before one.
+SELECTED_PAIR_JS = """
+async () => {
+  const pc = document.querySelector("peercam-view").peerConnection;
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) {
+      pair = report.get(r.selectedCandidatePairId);
+    }
+  });
+  if (!pair) return null;
+  const l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
+  return { local: l.candidateType, remote: r.candidateType, protocol: l.protocol,
+           relayProtocol: l.relayProtocol ?? null, localAddress: `${l.address}:${l.port}`,
+           remoteAddress: `${r.address}:${r.port}` };
+}
+"""
+
+
 #: Installed before the page's scripts: records ``[Date.now(), picture age ms | null]`` for
 #: every video frame the page presents in ``window.__bench.video`` (the benchmark's harness:
 #: requestVideoFrameCallback, a canvas strip, tests/timebar.js's readTimebar).

@@ -22,6 +22,7 @@ from playwright.async_api import Browser, Page, Playwright
 from tests.browser import wait_for
 from tests.conftest import ServerFactory, service_of
 from tests.netlab import (
+    SELECTED_PAIR_JS,
     AiortcReport,
     Host,
     Nat,
@@ -140,23 +141,6 @@ WATCH_PCS_JS = """
 """
 
 #: The element's selected candidate pair (types, protocol, addresses), from getStats.
-SELECTED_PAIR_JS = """
-async () => {
-  const pc = document.querySelector("peercam-view").peerConnection;
-  const report = await pc.getStats();
-  let pair = null;
-  report.forEach((r) => {
-    if (r.type === "transport" && r.selectedCandidatePairId) {
-      pair = report.get(r.selectedCandidatePairId);
-    }
-  });
-  if (!pair) return null;
-  const l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
-  return { local: l.candidateType, remote: r.candidateType, protocol: l.protocol,
-           relayProtocol: l.relayProtocol ?? null, localAddress: `${l.address}:${l.port}`,
-           remoteAddress: `${r.address}:${r.port}` };
-}
-"""
 
 
 async def new_page(browser: Browser) -> Page:
