@@ -1,4 +1,4 @@
-"""Padding: extra bytes on a viewer's link so that its receiver's estimate can grow.
+"""Padding: extra bytes on a viewer's link, to learn whether it carries the next rung.
 
 A receiver's bandwidth estimate (Chrome's REMB) rarely exceeds 1.5x what it receives, and grows
 by ~8 % a second at most while what it receives keeps up with it. A viewer on a low rung of the
@@ -6,14 +6,14 @@ ladder is sent that rung's bitrate: its estimate stays at 1.5x that, however fas
 says nothing of whether the next rung (2-3x as many bits) would fit. Switching up to find out
 (a probe) costs a queue of a second or more on a link that cannot carry the rung.
 
-Padding fills the gap the way a congestion-controlled sender does: the viewer is sent its
-rung's media plus padding up to what its receiver estimates, so the estimate climbs while the
-link keeps up and falls (the receiver's delay-based detector sees the queue within a few
-hundred milliseconds) as soon as it does not. The controller (:mod:`webrtc.controller`)
-decides how much; :class:`RtxPadding` sends it, paced, as padding-only RTP packets on the
-viewer's retransmission (RTX) stream: a receiver counts their bytes and their send times
-(abs-send-time) in its estimate and then drops them (RFC 4588 streams carry no media of their
-own; libwebrtc pads the same way). The video is not touched.
+Padding finds out instead, without touching the picture: during a probe the viewer is sent
+its rung's media plus padding that ramps up to what the next rung would need. A link that
+carries it shows nothing; one that does not shows a queue (the receiver's estimate falls, the
+round trip grows) while the excess is still small, and the padding stops. The controller
+(:mod:`webrtc.controller`) decides how much and when; :class:`RtxPadding` sends it, paced, as
+padding-only RTP packets on the viewer's retransmission (RTX) stream: a receiver counts their
+bytes and their send times (abs-send-time) in its estimate and then drops them (RFC 4588
+streams carry no media of their own; libwebrtc pads the same way).
 
 It uses aiortc's private sender state (the RTX stream's payload type, SSRC and sequence
 number, the header extension map and the media id), as the sender reports do;
@@ -53,6 +53,7 @@ class RtxPadding:
         self.bytes = 0
         #: Sending failed other than by the transport closing: padding is off for good.
         self.broken = False
+        self._wanted = asyncio.Event()
 
     @property
     def usable(self) -> bool:
@@ -90,11 +91,21 @@ class RtxPadding:
             self.packets += 1
             self.bytes += PACKET_WIRE_BYTES
 
+    def want(self, wanted: bool) -> None:
+        """Whether padding may be wanted now (a probe is on): :meth:`run` ticks only then."""
+        if wanted:
+            self._wanted.set()
+        else:
+            self._wanted.clear()
+
     async def run(self, rate: Callable[[], float]) -> None:
-        """Pad at ``rate()`` bit/s (asked every tick; 0: none) until cancelled."""
+        """Pad at ``rate()`` bit/s (asked every tick; 0: none) until cancelled. Between
+        probes it sleeps until :meth:`want` wakes it: most viewers never pad, and a 10 ms
+        clock each would cost the server more than the rest of their viewing."""
         owed = 0.0
         last = time.monotonic()
         while True:
+            await self._wanted.wait()
             await asyncio.sleep(TICK)  # the pacing clock itself
             now = time.monotonic()
             bits = rate()

@@ -445,6 +445,7 @@ class Peer:
             controller.on_sent(track.bytes_sent, now)
             controller.can_pad = padding.usable
             decision = controller.decide(now)
+            padding.want(controller.warm is not None)  # a padding probe is on
             if decision is not None and len(self._keys) > 1:
                 logger.info(
                     "viewer %s: rung %d (%s): %s",
