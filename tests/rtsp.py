@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
+from tests.processes import stop_process
+
 SERVER = Path(__file__).resolve().parent / "rtsp_server.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -48,9 +50,8 @@ class RtspCamera:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            await process.wait()
+        if process is not None:
+            await stop_process(process)
 
     async def __aenter__(self) -> RtspCamera:
         await self.start()
