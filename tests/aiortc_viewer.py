@@ -76,6 +76,8 @@ class AiortcViewer:
         self.apply_answer = True
         #: The rung notices the server sent, in order.
         self.rungs: list[dict[str, Any]] = []
+        #: Rewrites the offer before it is sent (to offer what a browser would, e.g. extensions).
+        self.edit_offer: Callable[[str], str] = lambda sdp: sdp
 
     async def connect(self) -> None:
         """Signal until the answer is applied; raises if the server answers with an error."""
@@ -119,7 +121,8 @@ class AiortcViewer:
             )
         with announce_only(self.local_addresses):
             await self.pc.setLocalDescription(await self.pc.createOffer())
-        await self.ws.send_json({"type": "offer", "sdp": self.pc.localDescription.sdp})
+        offer = self.edit_offer(self.pc.localDescription.sdp)
+        await self.ws.send_json({"type": "offer", "sdp": offer})
         self.answer = await self.next_server_message(timeout=10)
         if self.answer.get("type") != "answer":
             raise RuntimeError(f"no answer: {self.answer}")

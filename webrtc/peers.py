@@ -36,7 +36,7 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from . import ice
+from . import extensions, ice
 from .controller import RungController, wire_bitrate
 from .encoders import Codec, EncoderPool, SharedEncoder, VideoKey, default_bitrate
 from .errors import NegotiationError
@@ -271,6 +271,9 @@ class Peer:
             raise NegotiationError("no-codec", f"the offer has none of the codecs {allowed}")
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendonly")
         self._transceiver.setCodecPreferences(preferences)
+        video = next(m for m in parsed.media if m.kind == "video")
+        extra = extensions.ExtraExtensions.from_offer(video)
+        extensions.install(self._transceiver.sender, extra)
         try:
             settings = self._manager.settings
             with ice.announce_only(settings.ice_addresses), ice.bind_within(settings.udp_ports):
@@ -284,7 +287,9 @@ class Peer:
             raise NegotiationError("invalid-sdp", f"the offer was refused: {exc}") from exc
         local = self._pc.localDescription
         self.codec = _negotiated_codec(self._transceiver, local.sdp)
-        answer_sdp = ice.advertise(local.sdp, self._manager.settings.advertise_addresses)
+        answer_sdp = extensions.answer_with(
+            ice.advertise(local.sdp, self._manager.settings.advertise_addresses), extra
+        )
         logger.info("viewer %s: WebRTC answered with %s", self.viewer_id, self.codec)
         return Answer(sdp=answer_sdp, codec=self.codec)
 

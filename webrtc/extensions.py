@@ -1,0 +1,95 @@
+"""RTP header extensions aiortc does not offer: playout delay.
+
+Chrome holds decoded pictures in a jitter buffer whose target follows the delay variation it
+has seen, and lowers that target by at most 100 ms a second. After one queue on a slow link
+(a step down, a failed probe) every picture is shown late for seconds although the network
+is clear again: traces showed ages of 800 → 300 → 200 → 140 → 90 ms over 3 s with a round
+trip of 1 ms. Surveillance wants the newest picture, not a smooth one, so peercam asks for a
+playout delay of 0 to 0 ms (``playout-delay`` extension, min and max in 10 ms units): Chrome
+then shows each picture as soon as it is decoded.
+
+aiortc neither negotiates nor writes this extension. When the offer has it, the answer gets
+its ``a=extmap`` line back (:func:`answer_with`) and the sender's header-extension map
+(:class:`SenderExtensions`, in place of aiortc's own) appends it to every packet. Viewers
+whose offer lacks it (Firefox, aiortc) are answered as before. ``tests/test_extensions.py``
+fails when an aiortc upgrade breaks the hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import (
+    HeaderExtensions,
+    HeaderExtensionsMap,
+    pack_header_extensions,
+    unpack_header_extensions,
+)
+from aiortc.sdp import MediaDescription
+
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+
+#: min 0, max 0 (12 bits each, 10 ms units): show each picture as soon as it is decoded.
+PLAYOUT_DELAY_ZERO = bytes(3)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraExtensions:
+    """The ids a viewer's offer gave the extensions peercam adds (None: not offered)."""
+
+    playout_delay: int | None = None
+
+    @classmethod
+    def from_offer(cls, media: MediaDescription) -> ExtraExtensions:
+        playout = next(
+            (x.id for x in media.rtp.headerExtensions if x.uri == PLAYOUT_DELAY_URI), None
+        )
+        # One-byte headers (RFC 8285) carry ids 1-14, which is all aiortc writes.
+        return cls(playout_delay=playout if playout is not None and 1 <= playout <= 14 else None)
+
+    def lines(self) -> list[str]:
+        if self.playout_delay is None:
+            return []
+        return [f"a=extmap:{self.playout_delay} {PLAYOUT_DELAY_URI}"]
+
+
+def answer_with(sdp: str, extra: ExtraExtensions) -> str:
+    """``sdp`` (an answer with one video section) with ``extra``'s ``a=extmap`` lines added to
+    its video section, after the extensions aiortc kept (or after ``a=mid``)."""
+    lines = extra.lines()
+    if not lines:
+        return sdp
+    out = sdp.split("\r\n")
+    start = next((n for n, line in enumerate(out) if line.startswith("m=video")), None)
+    if start is None:
+        return sdp
+    end = next((n for n in range(start + 1, len(out)) if out[n].startswith("m=")), len(out))
+    anchors = [n for n in range(start, end) if out[n].startswith(("a=extmap:", "a=mid:"))]
+    at = (anchors[-1] if anchors else start) + 1
+    return "\r\n".join([*out[:at], *lines, *out[at:]])
+
+
+class SenderExtensions(HeaderExtensionsMap):
+    """aiortc's map, plus the playout delay on every packet (libwebrtc repeats it until a
+    frame is acknowledged; on every packet, any packet that arrives carries it)."""
+
+    def __init__(self, extra: ExtraExtensions) -> None:
+        super().__init__()
+        self._extra = extra
+
+    def set(self, values: HeaderExtensions) -> tuple[int, bytes]:
+        profile, data = super().set(values)
+        if self._extra.playout_delay is None:
+            return profile, data
+        items = list(unpack_header_extensions(profile, data)) if data else []
+        items.append((self._extra.playout_delay, PLAYOUT_DELAY_ZERO))
+        packed: tuple[int, bytes] = pack_header_extensions(items)
+        return packed
+
+
+def install(sender: RTCRtpSender, extra: ExtraExtensions) -> None:
+    """Give ``sender`` :class:`SenderExtensions` in place of aiortc's map, before it is
+    configured (``RTCRtpSender.send``): aiortc's ids are configured on it as on its own."""
+    if extra.playout_delay is not None:
+        sender._RTCRtpSender__rtp_header_extensions_map = SenderExtensions(extra)  # type: ignore[attr-defined]
