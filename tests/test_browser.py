@@ -24,7 +24,8 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from signaling.app import create_app
 from tests.browser import TIMEBAR_JS
-from tests.conftest import LOOPBACK_CONFIG
+from tests.conftest import LOOPBACK_CONFIG, eventually, service_of
+from webrtc.extensions import PLAYOUT_DELAY_URI, TRANSPORT_CC_URI
 from webrtc.sources import TestPatternSource
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -232,6 +233,34 @@ async def test_page_plays_the_test_pattern(page: Page, server: TestServer, codec
     assert abs(snapshot["now"] - snapshot["barMillis"]) < 5000, snapshot
 
     await page.screenshot(path=ARTIFACTS / f"browser-{codec}.png")
+
+
+async def test_chromium_acknowledges_padding_and_goes_on_estimating(
+    page: Page, server: TestServer
+) -> None:
+    """Chromium negotiates playout delay and transport-wide sequence numbers, acknowledges
+    numbered padding packets with their arrival times, and goes on sending its estimate (REMB)
+    for the media, which carry none (webrtc/feedback.py)."""
+    await open_playing(page, str(server.make_url("/?codec=vp8")))
+    sdp = await page.evaluate(
+        '() => document.querySelector("peercam-view").peerConnection.remoteDescription.sdp'
+    )
+    assert PLAYOUT_DELAY_URI in sdp
+    assert TRANSPORT_CC_URI in sdp
+    [peer] = service_of(server).peers.peers()
+    padding, controller = peer._padding, peer._controller
+    assert padding is not None
+    assert controller is not None
+    delays = padding.delays
+    assert delays is not None, "the padding is not numbered: transport-cc not negotiated"
+    rembs = controller.rembs
+    await padding.send(30)
+    await eventually(lambda: delays.acknowledged >= 30, timeout=10)
+    assert delays.malformed == 0
+    queue = delays.queue()
+    assert queue is not None
+    assert 0 <= queue < 1.0  # loopback: no standing queue
+    await eventually(lambda: controller.rembs > rembs, timeout=10)
 
 
 @pytest.mark.parametrize("codec", CODECS)

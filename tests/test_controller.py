@@ -459,6 +459,54 @@ def test_a_padding_probe_stops_on_a_queue_in_the_round_trip() -> None:
     assert c.index == 1
 
 
+def test_padding_that_meets_a_queue_stops_at_once_and_fails_the_probe() -> None:
+    """Transport-wide feedback: the padding met 60 ms of queue. No more padding is asked for
+    from that moment (not at the next decision), and the probe fails without a step down; a
+    queue the padding met before the probe began is not this probe's."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    c.on_padding_queue(0.2, 1.0)  # long before the probe
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    assert c.probing
+    t = PROBE_BASE + 1.0
+    c.on_padding_queue(0.02, t)  # 20 ms: a picture's burst, not a queue
+    assert c.padding_rate(t) > 0
+    assert c.decide(t) is None
+    assert c.probing
+    c.on_padding_queue(0.06, t + 0.05)
+    assert c.padding_rate(t + 0.06) == 0  # at once
+    assert c.decide(t + 0.25) is None
+    assert not c.probing
+    assert "padding met 60 ms of queue" in c.last_reason
+    assert c.index == 1
+
+
+def test_the_estimate_falling_for_a_failed_probe_s_queue_is_no_step_down() -> None:
+    """Chrome's estimate goes on falling for the queue a failed probe built (0.85x what it
+    receives): with later round trips back at their lowest, the viewer keeps its rung."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    t = PROBE_BASE + 1.0
+    c.on_padding_queue(0.06, t)
+    c.decide(t)
+    assert not c.probing
+    c.on_receiver_report(0.0, 0.17, t + 0.5)  # the queue the padding left, draining
+    c.on_remb(280_000, t + 0.6)  # far below the rung's need
+    moves = []
+    for n in range(1, 12):
+        now = t + 0.5 + n * 0.25
+        if n >= 4:
+            c.on_receiver_report(0.0, 0.01, now)  # drained
+        c.on_sent(round(now * 400_000 / 8), now)
+        if (decision := c.decide(now)) is not None:
+            moves.append(decision.index)
+    assert moves == []
+    assert c.index == 1
+
+
 def test_without_padding_the_probe_switches_rungs() -> None:
     """A viewer without an RTX stream cannot be padded: the probe is a switch, as before."""
     c = RungController(NEEDS, start=1, now=0.0)
@@ -484,6 +532,23 @@ def test_an_estimate_stuck_below_an_idle_link_does_not_stop_padding_probes() -> 
             t += 0.25
         assert c.probes == probes, can_pad
         assert c.index == 3
+
+
+def test_an_estimate_just_below_the_rung_is_the_link_and_no_probe_starts() -> None:
+    """A 150 kbit/s link on the 166 kbit/s rung: Chrome estimates ~0.85x what it receives.
+    That is the link's rate, not a stuck estimate: padding would only build a queue."""
+    c = RungController(NEEDS, start=2, now=0.0)
+    c.can_pad = True
+    t = 0.0
+    while t <= 3 * PROBE_BASE:
+        c.on_remb(128_000, t)
+        c.on_receiver_report(0.0, 0.002, t)
+        c.on_sent(round(t * 150_000 / 8), t)
+        c.decide(t)
+        assert c.padding_rate(t) == 0
+        t += 0.25
+    assert c.probes == 0
+    assert c.index == 2
 
 
 def test_an_estimate_lowered_in_small_steps_is_a_drop() -> None:

@@ -29,7 +29,10 @@ The rules, in order:
   is not switched to probe: padding ramps up to the next rung's extra need over ``PAD_RAMP``
   and holds it ``PAD_HOLD``, and only then does the viewer switch. A falling estimate, loss or
   a round trip ``PAD_RTT_QUEUE`` above its lowest stops the padding: a failed probe, with no
-  step down (the queue it built drains with the padding gone).
+  step down (the queue it built drains with the padding gone). Where the viewer acknowledges
+  the padding packets (transport-wide feedback, :mod:`webrtc.feedback`), padding that meets
+  ``PAD_FEEDBACK_QUEUE`` of queue stops at once, a tenth of a second after the queue stands
+  instead of the second the estimate and the round trip take.
 - **A standing queue is drained.** A step down that finds ``DRAIN_QUEUE`` of queue in the
   round trip goes one rung lower than the estimate carries, until the round trip is back near
   its lowest (at most ``DRAIN_MAX``), then to that rung.
@@ -55,6 +58,7 @@ REMB_DROP_WINDOW = 1.0
 FAR_BELOW = 0.4  # a REMB below 40 % of the rung's need is congestion, dropped or not
 REMB_FLAT_WINDOW = 3.0  # seconds over which an estimate below the need must rise ...
 REMB_RISING = 1.1  # ... by this factor, or it is held by the link
+STUCK_BELOW_SENT = 0.75  # an estimate below this share of what is sent, with no queue: stuck
 SENT_WINDOW = 2.0  # seconds over which the rate a viewer is sent is measured
 LOSS_HIGH = 0.10
 LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
@@ -84,6 +88,7 @@ DRAIN_QUEUE = 0.2  # seconds of queue (round trip above its lowest) worth draini
 DRAIN_DONE = 0.03  # a round trip this close to its lowest: drained
 DRAIN_MAX = 2.0  # the longest a viewer stays on the draining rung
 PAD_RTT_QUEUE = 0.04  # a round trip this much above the lowest during a padding probe: a queue
+PAD_FEEDBACK_QUEUE = 0.04  # padding acknowledged this much later than the earliest: a queue
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -127,6 +132,10 @@ class RungController:
         self._pad_best = 0
         #: The padding last asked for, bit/s.
         self.padding = 0.0
+        #: The queue the padding met, from the viewer's feedback: (seconds, when).
+        self._pad_queue: tuple[float, float] | None = None
+        #: The last change was a failed padding probe (not a move).
+        self._pad_failed = False
         self._estimate_lags_until = -math.inf  # see ESTIMATE_LAG
         #: While draining: the rung to go back to, and the latest time to.
         self._drain: tuple[int, float] | None = None
@@ -147,6 +156,7 @@ class RungController:
         self._rtt_at = -math.inf
         self.switches = 0
         self.probes = 0
+        self.rembs = 0  # estimates received
         self.last_reason = "start"
 
     # -- reports --------------------------------------------------------------------------
@@ -162,6 +172,7 @@ class RungController:
             self._remb_dropped_at = now
         self._remb = bitrate
         self._remb_at = now
+        self.rembs += 1
         if self._pad_started is not None:
             self._pad_best = max(self._pad_best, bitrate)
         self._rembs.append((now, bitrate))
@@ -236,6 +247,17 @@ class RungController:
         """During a probe: the rung to go back to if it fails."""
         return self._probe_from
 
+    def on_padding_queue(self, seconds: float, now: float) -> None:
+        """The queue the padding met, from the viewer's transport-wide feedback."""
+        self._pad_queue = (seconds, now)
+
+    def _padding_queued(self) -> float | None:
+        """The queue the running padding probe's padding met, if it is one (else None)."""
+        started, queued = self._pad_started, self._pad_queue
+        if started is None or queued is None or queued[1] < started:
+            return None
+        return queued[0] if queued[0] > PAD_FEEDBACK_QUEUE else None
+
     @property
     def warm(self) -> int | None:
         """During a padding probe, the rung it probes for: its encoder should be running so
@@ -250,7 +272,7 @@ class RungController:
         carry it shows a queue as the ramp crosses its rate, when the excess is still small.
         """
         self.padding = 0.0
-        if self._pad_started is not None and self.index > 0:
+        if self._pad_started is not None and self.index > 0 and self._padding_queued() is None:
             share = min(1.0, max(0.0, now - self._pad_started) / PAD_RAMP)
             self.padding = max(0.0, self._needs[self.index - 1] - self._pad_base) * share
         return self.padding
@@ -275,10 +297,14 @@ class RungController:
             and self._fresh(self._remb_dropped_at, now)
             and self._since_change(self._remb_dropped_at, REMB_SETTLE)
             and self._remb < self._needs[self.index]
-            # For a few seconds after a step down Chrome's estimate goes on falling towards
-            # 0.85x what it now receives, queue or not: only a queue in the round trip makes
-            # that a reason to step again (otherwise 600 kbit/s viewers spiralled to 111).
-            and (now >= self._estimate_lags_until or self._queue_likely(now, unmeasured=False))
+            # For a few seconds after a step down (or a failed padding probe) Chrome's estimate
+            # goes on falling towards 0.85x what it now receives, queue or not: only a queue in
+            # the round trip makes a drop of those seconds a reason to step (otherwise
+            # 600 kbit/s viewers spiralled to 111), then or later.
+            and (
+                self._remb_dropped_at >= self._estimate_lags_until
+                or self._queue_likely(now, unmeasured=False)
+            )
         ):
             return f"estimate fell to {self._remb // 1000} kbit/s"
         if (
@@ -320,12 +346,18 @@ class RungController:
             and self._rtt_min is not None
             and self._fresh(self._rtt_at, now)
             # After a step up the path was calm: its first reports already judge the new rung.
-            and self._since_change(self._rtt_at, REMB_SETTLE if self._moved_up else RTT_SETTLE)
+            and self._since_change(self._rtt_at, self._rtt_settle)
             and self._rtt > self._rtt_min + RTT_RISE
             and not self._rtt_falling()
         ):
             return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
         return None
+
+    @property
+    def _rtt_settle(self) -> float:
+        """How long after a change round trips still show the queue before it: none after a
+        step up (the path was calm), ``RTT_SETTLE`` after a step down or a failed probe."""
+        return REMB_SETTLE if self._moved_up else RTT_SETTLE
 
     def _queue_likely(self, now: float, *, unmeasured: bool = True) -> bool:
         """Whether a queue may be forming in the path, by the round-trip time measured since
@@ -339,7 +371,11 @@ class RungController:
             self._rtt is None
             or self._rtt_min is None
             or not self._fresh(self._rtt_at, now)
-            or not self._since_change(self._rtt_at, REMB_SETTLE)
+            # After a failed padding probe the round trips of its queue draining are not
+            # evidence; after a step down they are (that queue is the rung's).
+            or not self._since_change(
+                self._rtt_at, RTT_SETTLE if self._pad_failed else REMB_SETTLE
+            )
         ):
             return unmeasured
         return self._rtt > self._rtt_min + RTT_QUEUE or self._rtt >= RTT_HIGH
@@ -351,7 +387,7 @@ class RungController:
             self._rtt is not None
             and self._rtt_min is not None
             and self._fresh(self._rtt_at, now)
-            and self._since_change(self._rtt_at, REMB_SETTLE if self._moved_up else RTT_SETTLE)
+            and self._since_change(self._rtt_at, self._rtt_settle)
             and self._rtt >= RTT_HIGH
             and self._rtt > self._rtt_min + RTT_QUEUE
             # Two reports running: one long round trip alone is as often the machine.
@@ -395,6 +431,7 @@ class RungController:
         return len(self._needs) - 1
 
     def _move(self, index: int, reason: str, now: float) -> Decision:
+        self._pad_failed = False
         if index > self.index or self._drain is not None:
             self._last_down = now
             self._estimate_lags_until = now + ESTIMATE_LAG
@@ -413,6 +450,9 @@ class RungController:
         """What shows that the link does not carry a padding probe, or None."""
         started = self._pad_started
         assert started is not None
+        queued = self._padding_queued()
+        if queued is not None:
+            return f"padding met {queued * 1000:.0f} ms of queue"
         why = self._congested(now)
         if why is not None:
             return why
@@ -454,6 +494,10 @@ class RungController:
                 self._probe_failed()
                 self._changed_at = self._calm_since = now
                 self._moved_up = False
+                # Chrome's estimate goes on falling for the queue the padding built: as after
+                # a step down, only a queue in later round trips makes that congestion.
+                self._estimate_lags_until = now + ESTIMATE_LAG
+                self._pad_failed = True
                 self.last_reason = f"padding probe failed: {failed}"
                 return None
             if now - self._pad_started >= PAD_RAMP + PAD_HOLD:
@@ -532,21 +576,29 @@ class RungController:
         ):
             return self._move(self.index - 1, f"estimate {self._remb // 1000} kbit/s", now)
         lossy = self._fresh(self._loss_at, now) and self._loss > LOSS_LOW
+        sent = self.sent_bitrate
         short = (  # the estimate does not even carry this rung: nothing to probe for
             self._remb is not None
             and self._fresh(self._remb_at, now)
             and self._remb < self._needs[self.index]
-            # ... unless padding can find out safely and nothing shows a queue: after heavy
-            # loss Chrome's estimate can sit far below a link that is idle (seen: 50 kbit/s
-            # for 15 s on 300 kbit/s, round trip 2 ms), and only what it receives raises it.
-            and not (self.can_pad and not self._queue_likely(now, unmeasured=True))
+            # ... unless padding can find out safely, nothing shows a queue and the estimate
+            # is well below what the viewer receives: after heavy loss Chrome's estimate can
+            # sit far below a link that is idle (seen: 50 kbit/s for 15 s on 300 kbit/s,
+            # round trip 2 ms). Chrome answers a queue with 0.85x what it receives: an
+            # estimate there is the link's own rate (a 150 kbit/s link estimated at 128 on a
+            # 166 kbit/s rung), and probing from it only builds a queue.
+            and not (
+                self.can_pad
+                and sent is not None
+                and self._remb < STUCK_BELOW_SENT * sent
+                and not self._queue_likely(now, unmeasured=True)
+            )
         )
         if calm >= self._probe_wait and not lossy and not short:
             self.probes += 1
             if self.can_pad:
                 # Padding first (see padding_rate); the rung switches only if the link
                 # carried it. A failed padding probe costs a short queue, not a rung's worth.
-                sent = self.sent_bitrate
                 self._pad_started = now
                 self._pad_base = sent * WIRE_FACTOR if sent else float(self._needs[self.index])
                 self._pad_best = self._remb or 0

@@ -1,4 +1,5 @@
-"""RTP header extensions aiortc does not offer: playout delay.
+"""RTP header extensions aiortc does not offer: playout delay, and transport-wide sequence
+numbers on padding (:mod:`webrtc.feedback` says why).
 
 Chrome holds decoded pictures in a jitter buffer whose target follows the delay variation it
 has seen, and lowers that target by at most 100 ms a second. After one queue on a slow link
@@ -18,6 +19,7 @@ fails when an aiortc upgrade breaks the hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from struct import pack
 
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import (
@@ -29,6 +31,7 @@ from aiortc.rtp import (
 from aiortc.sdp import MediaDescription
 
 PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 #: min 0, max 0 (12 bits each, 10 ms units): show each picture as soon as it is decoded.
 PLAYOUT_DELAY_ZERO = bytes(3)
@@ -39,19 +42,26 @@ class ExtraExtensions:
     """The ids a viewer's offer gave the extensions peercam adds (None: not offered)."""
 
     playout_delay: int | None = None
+    transport_cc: int | None = None
 
     @classmethod
     def from_offer(cls, media: MediaDescription) -> ExtraExtensions:
-        playout = next(
-            (x.id for x in media.rtp.headerExtensions if x.uri == PLAYOUT_DELAY_URI), None
-        )
-        # One-byte headers (RFC 8285) carry ids 1-14, which is all aiortc writes.
-        return cls(playout_delay=playout if playout is not None and 1 <= playout <= 14 else None)
+        def id_of(uri: str) -> int | None:
+            found = next((x.id for x in media.rtp.headerExtensions if x.uri == uri), None)
+            # One-byte headers (RFC 8285) carry ids 1-14, which is all aiortc writes.
+            return found if found is not None and 1 <= found <= 14 else None
+
+        return cls(playout_delay=id_of(PLAYOUT_DELAY_URI), transport_cc=id_of(TRANSPORT_CC_URI))
 
     def lines(self) -> list[str]:
-        if self.playout_delay is None:
-            return []
-        return [f"a=extmap:{self.playout_delay} {PLAYOUT_DELAY_URI}"]
+        return [
+            f"a=extmap:{id} {uri}"
+            for id, uri in (
+                (self.playout_delay, PLAYOUT_DELAY_URI),
+                (self.transport_cc, TRANSPORT_CC_URI),
+            )
+            if id is not None
+        ]
 
 
 def answer_with(sdp: str, extra: ExtraExtensions) -> str:
@@ -72,24 +82,35 @@ def answer_with(sdp: str, extra: ExtraExtensions) -> str:
 
 class SenderExtensions(HeaderExtensionsMap):
     """aiortc's map, plus the playout delay on every packet (libwebrtc repeats it until a
-    frame is acknowledged; on every packet, any packet that arrives carries it)."""
+    frame is acknowledged; on every packet, any packet that arrives carries it), and the
+    transport-wide sequence number on the packets given one (padding only)."""
 
     def __init__(self, extra: ExtraExtensions) -> None:
         super().__init__()
-        self._extra = extra
+        self.extra = extra
 
     def set(self, values: HeaderExtensions) -> tuple[int, bytes]:
         profile, data = super().set(values)
-        if self._extra.playout_delay is None:
+        added: list[tuple[int, bytes]] = []
+        if self.extra.playout_delay is not None:
+            added.append((self.extra.playout_delay, PLAYOUT_DELAY_ZERO))
+        if self.extra.transport_cc is not None and values.transport_sequence_number is not None:
+            added.append((self.extra.transport_cc, pack("!H", values.transport_sequence_number)))
+        if not added:
             return profile, data
         items = list(unpack_header_extensions(profile, data)) if data else []
-        items.append((self._extra.playout_delay, PLAYOUT_DELAY_ZERO))
-        packed: tuple[int, bytes] = pack_header_extensions(items)
+        packed: tuple[int, bytes] = pack_header_extensions(items + added)
         return packed
 
 
 def install(sender: RTCRtpSender, extra: ExtraExtensions) -> None:
     """Give ``sender`` :class:`SenderExtensions` in place of aiortc's map, before it is
     configured (``RTCRtpSender.send``): aiortc's ids are configured on it as on its own."""
-    if extra.playout_delay is not None:
+    if extra.lines():
         sender._RTCRtpSender__rtp_header_extensions_map = SenderExtensions(extra)  # type: ignore[attr-defined]
+
+
+def numbers_padding(sender: RTCRtpSender) -> bool:
+    """Whether ``sender``'s packets can carry a transport-wide sequence number."""
+    extensions = getattr(sender, "_RTCRtpSender__rtp_header_extensions_map", None)
+    return isinstance(extensions, SenderExtensions) and extensions.extra.transport_cc is not None

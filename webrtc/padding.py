@@ -18,6 +18,10 @@ streams carry no media of their own; libwebrtc pads the same way).
 It uses aiortc's private sender state (the RTX stream's payload type, SSRC and sequence
 number, the header extension map and the media id), as the sender reports do;
 ``tests/test_padding.py`` fails when an aiortc upgrade breaks them.
+
+A viewer that negotiated transport-wide sequence numbers gets them on its padding packets, and
+its feedback says within a tenth of a second whether the padding met a queue
+(:mod:`webrtc.feedback`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from collections.abc import Callable
 from aiortc import RTCRtpSender, clock
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
+
+from .feedback import PaddingDelays
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +53,10 @@ MAX_OWED_BYTES = 4 * PACKET_WIRE_BYTES
 class RtxPadding:
     """Padding-only RTX packets for one viewer's sender (see the module's text)."""
 
-    def __init__(self, sender: RTCRtpSender) -> None:
+    def __init__(self, sender: RTCRtpSender, delays: PaddingDelays | None = None) -> None:
         self._sender = sender
+        #: Numbers the padding packets for transport-wide feedback (None: not negotiated).
+        self.delays = delays
         self.packets = 0
         self.bytes = 0
         #: Sending failed other than by the transport closing: padding is off for good.
@@ -86,6 +94,8 @@ class RtxPadding:
             packet.padding_size = PADDING_BYTES
             packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
             packet.extensions.mid = mid
+            if self.delays is not None:
+                packet.extensions.transport_sequence_number = self.delays.number(time.monotonic())
             sender._RTCRtpSender__rtx_sequence_number = uint16_add(sequence, 1)  # type: ignore[attr-defined]
             await sender.transport._send_rtp(packet.serialize(extensions))
             self.packets += 1

@@ -36,10 +36,11 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from . import extensions, ice
+from . import extensions, feedback, ice
 from .controller import RungController, wire_bitrate
 from .encoders import Codec, EncoderPool, SharedEncoder, VideoKey, default_bitrate
 from .errors import NegotiationError
+from .feedback import PaddingDelays
 from .frames import CapturedFrame
 from .ladder import Ladder, LadderSpec
 from .latest import Latest, LatestClosed
@@ -415,7 +416,11 @@ class Peer:
         _hook_sender(self._transceiver.sender, track, controller, reports)
         if not await self._wait_connected():
             return
-        padding = self._padding = RtxPadding(self._transceiver.sender)
+        sender = self._transceiver.sender
+        delays = PaddingDelays() if extensions.numbers_padding(sender) else None
+        if delays is not None:
+            _hook_feedback(sender, delays, controller)
+        padding = self._padding = RtxPadding(sender, delays)
         padder = None
         if len(self._keys) > 1:
             padder = asyncio.create_task(
@@ -511,6 +516,11 @@ class Peer:
                 "paddingBytes": self._padding.bytes if self._padding else 0,
                 "paddingBps": round(controller.padding) if controller else 0,
             }
+            delays = self._padding.delays if self._padding else None
+            if delays is not None:  # transport-wide feedback on the padding (webrtc/feedback.py)
+                queue = delays.queue()
+                info["paddingAcked"] = delays.acknowledged
+                info["paddingQueueMs"] = None if queue is None else round(queue * 1000, 1)
         return info
 
     async def aclose(self, reason: str = "closed by the server") -> None:
@@ -640,6 +650,25 @@ def _hook_sender(
 
     sender._handle_rtcp_packet = observe  # type: ignore[method-assign]
     sender._retransmit = RetransmitBudget(sender._retransmit, track)  # type: ignore[method-assign]
+
+
+def _hook_feedback(sender: RTCRtpSender, delays: PaddingDelays, controller: RungController) -> None:
+    """Show the viewer's transport-wide feedback (:mod:`webrtc.feedback`) to ``delays`` and
+    the queue it finds to the controller. aiortc parses that feedback as a NACK of nonsense
+    and drops it (wrong format): it is read from the transport's decrypted RTCP, before."""
+    transport = sender.transport
+    handle = transport._handle_rtcp_data
+
+    async def tap(data: bytes) -> None:
+        await handle(data)
+        messages = list(feedback.feedback_messages(data))
+        for fci in messages:
+            delays.on_feedback(fci)
+        queue = delays.queue() if messages else None
+        if queue is not None:
+            controller.on_padding_queue(queue, time.monotonic())
+
+    transport._handle_rtcp_data = tap  # type: ignore[method-assign]
 
 
 #: Retransmissions a viewer may cause, as a share of its rung's bitrate: on a congested link a
