@@ -373,9 +373,7 @@ class RungController:
             or not self._fresh(self._rtt_at, now)
             # After a failed padding probe the round trips of its queue draining are not
             # evidence; after a step down they are (that queue is the rung's).
-            or not self._since_change(
-                self._rtt_at, RTT_SETTLE if self._pad_failed else REMB_SETTLE
-            )
+            or not self._since_change(self._rtt_at, RTT_SETTLE if self._pad_failed else REMB_SETTLE)
         ):
             return unmeasured
         return self._rtt > self._rtt_min + RTT_QUEUE or self._rtt >= RTT_HIGH
