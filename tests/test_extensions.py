@@ -81,9 +81,9 @@ async def _raw_packets(viewer: AiortcViewer, count: int) -> list[bytes]:
         seen.append(data)
         return await handle(data, arrival_time_ms)
 
-    dtls._handle_rtp_data = keep
+    dtls._handle_rtp_data = keep  # type: ignore[method-assign]
     await eventually(lambda: len(seen) >= count, timeout=10)
-    dtls._handle_rtp_data = handle
+    dtls._handle_rtp_data = handle  # type: ignore[method-assign]
     return seen
 
 
