@@ -239,6 +239,49 @@ def test_random_loss_in_one_report_is_not_congestion() -> None:
     assert c.decide(7.0) is not None
 
 
+@pytest.mark.parametrize(
+    ("loss", "rtt", "steps"),
+    [
+        (0.12, 0.002, False),  # random loss: no queue in the round trip
+        (0.12, 0.15, True),  # a queue that overflows
+        (0.25, 0.002, True),  # severe loss steps down on its own
+    ],
+)
+def test_loss_steps_down_with_a_queue_or_when_severe(loss: float, rtt: float, steps: bool) -> None:
+    c = RungController(NEEDS, now=0.0)
+    c.on_receiver_report(0.0, 0.002, 1.0)  # the lowest round trip
+    moved = False
+    for n in range(8):
+        t = 2.0 + n * 0.5
+        c.on_receiver_report(loss, rtt, t)
+        moved = moved or c.decide(t) is not None
+    assert moved == steps
+    assert (c.index >= 1) == steps
+
+
+def test_a_padding_probe_on_a_lossy_link_judges_the_loss_it_adds() -> None:
+    """5 % random loss: the probe starts, 6 % during it is the link's own, 12 % is the
+    padding overflowing a queue."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    t = 0.0
+    while t <= PROBE_BASE + 0.5:
+        c.on_remb(600_000, t)
+        c.on_receiver_report(0.05, 0.01, t)
+        c.on_sent(round(t * 400_000 / 8), t)
+        c.decide(t)
+        t += 0.25
+    assert c.probing
+    c.on_receiver_report(0.06, 0.01, t)
+    assert c.decide(t) is None
+    assert c.probing
+    c.on_receiver_report(0.12, 0.01, t + 0.25)
+    assert c.decide(t + 0.25) is None
+    assert not c.probing
+    assert "12% lost" in c.last_reason
+    assert c.index == 1
+
+
 def test_loss_is_measured_over_a_second_of_reports_not_one_report() -> None:
     """Reports come with every NACK, a tenth of a second apart: one of them reads 50 % (2 of
     4 packets) on a link that loses 5 %; the counts over a second say 5 %."""

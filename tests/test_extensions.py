@@ -11,8 +11,10 @@ import re
 from struct import unpack_from
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
-from aiortc.rtp import unpack_header_extensions
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensions, unpack_header_extensions
 from aiortc.sdp import SessionDescription
 
 from tests.aiortc_viewer import AiortcViewer
@@ -21,8 +23,11 @@ from webrtc.extensions import (
     PLAYOUT_DELAY_URI,
     PLAYOUT_DELAY_ZERO,
     ExtraExtensions,
+    SenderExtensions,
     answer_with,
 )
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 PLAYOUT_ID = 13  # not one aiortc uses for mid (1) or abs-send-time (3)
 
@@ -117,3 +122,18 @@ async def test_a_viewer_that_does_not_offer_it_is_answered_as_before(server: Tes
         assert not [x for d in packets for x in _extensions(d) if x[0] == PLAYOUT_ID]
     finally:
         await viewer.close()
+
+
+@pytest.mark.parametrize("mid", [None, "0", "m" * 20])  # no extensions, one-byte, two-byte form
+def test_the_elements_are_appended_in_the_form_aiortc_chose(mid: str | None) -> None:
+    sender_map = SenderExtensions(ExtraExtensions(playout_delay=5, transport_cc=4))
+    sender_map.configure(
+        RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(id=9, uri=MID_URI)])
+    )
+    values = HeaderExtensions(mid=mid, transport_sequence_number=513)
+    profile, data = sender_map.set(values)
+    assert len(data) % 4 == 0
+    elements = unpack_header_extensions(profile, data)
+    assert (5, PLAYOUT_DELAY_ZERO) in elements
+    assert (4, b"\x02\x01") in elements
+    assert [value for i, value in elements if i == 9] == ([] if mid is None else [mid.encode()])

@@ -50,6 +50,7 @@ def test_a_one_bit_vector_and_a_negative_reference() -> None:
         _fci(0, 3, 0, [], b"")[:8],  # chunks missing
         _fci(0, 2, 0, [(1 << 13) | 2], b"\x01")[:11],  # a delta missing
         _fci(0, 1, 0, [(3 << 13) | 1], b""),  # the reserved symbol
+        _fci(0, 65535, 0, [(0 << 13) | 8191] * 9, b""),  # a crafted flood of "not received"
     ],
 )
 def test_malformed_feedback_is_refused(fci: bytes) -> None:

