@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from webrtc.controller import (
@@ -264,13 +266,8 @@ def test_a_padding_probe_on_a_lossy_link_judges_the_loss_it_adds() -> None:
     padding overflowing a queue."""
     c = RungController(NEEDS, start=1, now=0.0)
     c.can_pad = True
-    t = 0.0
-    while t <= PROBE_BASE + 0.5:
-        c.on_remb(600_000, t)
-        c.on_receiver_report(0.05, 0.01, t)
-        c.on_sent(round(t * 400_000 / 8), t)
-        c.decide(t)
-        t += 0.25
+    *_, t = _steady(c, PROBE_BASE + 0.5, remb=600_000, sent=400_000, loss=0.05)
+    t += 0.25
     assert c.probing
     c.on_receiver_report(0.06, 0.01, t)
     assert c.decide(t) is None
@@ -423,6 +420,21 @@ def test_a_drop_moves_to_the_rung_the_estimate_itself_carries() -> None:
 # -- padding probes (webrtc/padding.py) ------------------------------------------------------
 
 
+def _steady(
+    c: RungController, until: float, *, remb: int, sent: int, loss: float = 0.0, rtt: float = 0.01
+) -> Iterator[float]:
+    """The same reports every 0.25 s from 0 to ``until`` (the viewer sent ``sent`` bit/s), a
+    decision after each; yields each report's time once it is decided."""
+    t = 0.0
+    while t <= until:
+        c.on_remb(remb, t)
+        c.on_receiver_report(loss, rtt, t)
+        c.on_sent(round(t * sent / 8), t)
+        c.decide(t)
+        yield t
+        t += 0.25
+
+
 def _calm_on_rung_1(c: RungController, until: float, remb: int = 600_000) -> None:
     """Reports of a calm viewer on rung 1, sent ~400 kbit/s, every 0.25 s up to ``until``."""
     t = 0.0
@@ -566,13 +578,8 @@ def test_an_estimate_stuck_below_an_idle_link_does_not_stop_padding_probes() -> 
     for can_pad, probes in ((True, 1), (False, 0)):
         c = RungController(NEEDS, start=3, now=0.0)
         c.can_pad = can_pad
-        t = 0.0
-        while t <= PROBE_BASE + 1.0:
-            c.on_remb(50_000, t)
-            c.on_receiver_report(0.0, 0.002, t)
-            c.on_sent(round(t * 70_000 / 8), t)
-            c.decide(t)
-            t += 0.25
+        for _ in _steady(c, PROBE_BASE + 1.0, remb=50_000, sent=70_000, rtt=0.002):
+            pass
         assert c.probes == probes, can_pad
         assert c.index == 3
 
@@ -582,14 +589,8 @@ def test_an_estimate_just_below_the_rung_is_the_link_and_no_probe_starts() -> No
     That is the link's rate, not a stuck estimate: padding would only build a queue."""
     c = RungController(NEEDS, start=2, now=0.0)
     c.can_pad = True
-    t = 0.0
-    while t <= 3 * PROBE_BASE:
-        c.on_remb(128_000, t)
-        c.on_receiver_report(0.0, 0.002, t)
-        c.on_sent(round(t * 150_000 / 8), t)
-        c.decide(t)
+    for t in _steady(c, 3 * PROBE_BASE, remb=128_000, sent=150_000, rtt=0.002):
         assert c.padding_rate(t) == 0
-        t += 0.25
     assert c.probes == 0
     assert c.index == 2
 

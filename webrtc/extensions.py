@@ -30,6 +30,8 @@ TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 
 #: min 0, max 0 (12 bits each, 10 ms units): show each picture as soon as it is decoded.
 PLAYOUT_DELAY_ZERO = bytes(3)
+#: RFC 8285's one-byte header form (ids 1-14, values of 1-16 bytes).
+ONE_BYTE_PROFILE = 0xBEDE
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +99,10 @@ class SenderExtensions(HeaderExtensionsMap):
         if not data:
             profile = ONE_BYTE_PROFILE
         # Appended after aiortc's elements and their zero padding, which RFC 8285 allows
-        # between elements: no unpacking and packing again for every packet (12 -> 3 µs).
+        # between elements: no unpacking and packing again for every packet (a packet's
+        # extensions, aiortc's part included, took 12 µs that way, 7 µs this way).
         data += added
         return profile, data + bytes(-len(data) % 4)
-
-
-ONE_BYTE_PROFILE = 0xBEDE
 
 
 def _element(profile: int, id: int, value: bytes) -> bytes:
@@ -117,9 +117,3 @@ def install(sender: RTCRtpSender, extra: ExtraExtensions) -> None:
     configured (``RTCRtpSender.send``): aiortc's ids are configured on it as on its own."""
     if extra.lines():
         sender._RTCRtpSender__rtp_header_extensions_map = SenderExtensions(extra)  # type: ignore[attr-defined]
-
-
-def numbers_padding(sender: RTCRtpSender) -> bool:
-    """Whether ``sender``'s packets can carry a transport-wide sequence number."""
-    extensions = getattr(sender, "_RTCRtpSender__rtp_header_extensions_map", None)
-    return isinstance(extensions, SenderExtensions) and extensions.extra.transport_cc is not None

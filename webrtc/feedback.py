@@ -108,7 +108,6 @@ class PaddingDelays:
         #: (send time, delay above the lowest) of acknowledged packets, newest last.
         self._samples: deque[tuple[float, float]] = deque(maxlen=256)
         self.acknowledged = 0
-        self.lost = 0
         self.malformed = 0
 
     def number(self, now: float) -> int:
@@ -131,8 +130,7 @@ class PaddingDelays:
             if sent is None:
                 continue  # reported again, or not one of ours
             if arrival is None:
-                self.lost += 1
-                continue
+                continue  # lost: only arrivals show a queue
             self.acknowledged += 1
             offset = arrival / 1e6 - sent  # the clocks differ: only changes mean anything
             if self._lowest is None or offset < self._lowest:

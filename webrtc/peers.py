@@ -40,7 +40,6 @@ from . import extensions, feedback, ice
 from .controller import RungController, wire_bitrate
 from .encoders import Codec, EncoderPool, SharedEncoder, VideoKey, default_bitrate
 from .errors import NegotiationError
-from .feedback import PaddingDelays
 from .frames import CapturedFrame
 from .ladder import Ladder, LadderSpec
 from .latest import Latest, LatestClosed
@@ -213,6 +212,8 @@ class Peer:
             self._track = EncodedVideoTrack()
         self._transceiver: RTCRtpTransceiver | None = None
         self._hints = ViewerHints()
+        #: The header extensions peercam adds for this viewer (webrtc/extensions.py).
+        self._extra = extensions.ExtraExtensions()
         self.codec: Codec | None = None
         self._keys: list[VideoKey] = []
         self._controller: RungController | None = None
@@ -273,7 +274,7 @@ class Peer:
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendonly")
         self._transceiver.setCodecPreferences(preferences)
         video = next(m for m in parsed.media if m.kind == "video")
-        extra = extensions.ExtraExtensions.from_offer(video)
+        extra = self._extra = extensions.ExtraExtensions.from_offer(video)
         extensions.install(self._transceiver.sender, extra)
         try:
             settings = self._manager.settings
@@ -417,7 +418,7 @@ class Peer:
         if not await self._wait_connected():
             return
         sender = self._transceiver.sender
-        delays = PaddingDelays() if extensions.numbers_padding(sender) else None
+        delays = feedback.PaddingDelays() if self._extra.transport_cc is not None else None
         if delays is not None:
             _hook_feedback(sender, delays, controller)
         padding = self._padding = RtxPadding(sender, delays)
@@ -652,7 +653,9 @@ def _hook_sender(
     sender._retransmit = RetransmitBudget(sender._retransmit, track)  # type: ignore[method-assign]
 
 
-def _hook_feedback(sender: RTCRtpSender, delays: PaddingDelays, controller: RungController) -> None:
+def _hook_feedback(
+    sender: RTCRtpSender, delays: feedback.PaddingDelays, controller: RungController
+) -> None:
     """Show the viewer's transport-wide feedback (:mod:`webrtc.feedback`) to ``delays`` and
     the queue it finds to the controller. aiortc parses that feedback as a NACK of nonsense
     and drops it (wrong format): it is read from the transport's decrypted RTCP, before."""
