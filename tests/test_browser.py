@@ -263,6 +263,28 @@ async def test_chromium_acknowledges_padding_and_goes_on_estimating(
     await eventually(lambda: controller.rembs > rembs, timeout=10)
 
 
+async def test_between_probes_chromium_acknowledges_the_sonar(
+    page: Page, server: TestServer
+) -> None:
+    """A viewer on the top rung is never padded, but its numbered sonar packets (a few bytes
+    of padding every 50 ms, webrtc/padding.py) come back acknowledged, and the controller
+    reads the queue in its path from them (none on loopback)."""
+    await open_playing(page, str(server.make_url("/?codec=vp8")))
+    [peer] = service_of(server).peers.peers()
+    padding, controller = peer._padding, peer._controller
+    assert padding is not None
+    assert controller is not None
+    delays = padding.delays
+    assert delays is not None
+    acknowledged = delays.acknowledged
+    await eventually(lambda: delays.acknowledged >= acknowledged + 20, timeout=15)
+    assert controller.index == 0
+    assert controller.padding == 0  # no probe: what came back is the sonar
+    latest = delays.latest()
+    assert latest is not None
+    assert 0 <= latest[1] < 1.0
+
+
 @pytest.mark.parametrize("codec", CODECS)
 async def test_overlay_names_mode_codec_and_size(
     page: Page, server: TestServer, codec: str

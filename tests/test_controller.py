@@ -520,16 +520,16 @@ def test_padding_that_meets_a_queue_stops_at_once_and_fails_the_probe() -> None:
     queue the padding met before the probe began is not this probe's."""
     c = RungController(NEEDS, start=1, now=0.0)
     c.can_pad = True
-    c.on_padding_queue(0.2, 1.0)  # long before the probe
+    c.on_padding_queue(0.2, 1.0, 1.0)  # long before the probe
     _calm_on_rung_1(c, PROBE_BASE + 0.5)
     run(c, 0.0, PROBE_BASE + 0.5)
     assert c.probing
     t = PROBE_BASE + 1.0
-    c.on_padding_queue(0.02, t)  # 20 ms: a picture's burst, not a queue
+    c.on_padding_queue(0.02, t, t)  # 20 ms: a picture's burst, not a queue
     assert c.padding_rate(t) > 0
     assert c.decide(t) is None
     assert c.probing
-    c.on_padding_queue(0.06, t + 0.05)
+    c.on_padding_queue(0.06, t + 0.05, t + 0.05)
     assert c.padding_rate(t + 0.06) == 0  # at once
     assert c.decide(t + 0.25) is None
     assert not c.probing
@@ -545,7 +545,7 @@ def test_the_estimate_falling_for_a_failed_probe_s_queue_is_no_step_down() -> No
     _calm_on_rung_1(c, PROBE_BASE + 0.5)
     run(c, 0.0, PROBE_BASE + 0.5)
     t = PROBE_BASE + 1.0
-    c.on_padding_queue(0.06, t)
+    c.on_padding_queue(0.06, t, t)
     c.decide(t)
     assert not c.probing
     c.on_receiver_report(0.0, 0.17, t + 0.5)  # the queue the padding left, draining
@@ -626,3 +626,118 @@ def test_an_estimate_still_falling_after_a_step_down_needs_a_queue_to_step_again
             moves += run(c, t + 0.1, t + 0.35)
         assert bool(moves) == steps, (rtt, moves)
         assert all(m >= 2 for m in moves)
+
+
+def _top_rung_sending(c: RungController, until: float, *, bitrate: int = 1_000_000) -> None:
+    """A viewer on the top rung, sent ``bitrate``, its estimate above the rung and its sonar
+    (numbered packets every 50 ms, acknowledged 10 ms later) finding no queue."""
+    t = 0.0
+    while t <= until:
+        c.on_sent(round(t * bitrate / 8), t)
+        c.on_remb(1_500_000, t)
+        c.on_receiver_report(0.0, 0.01, t)
+        c.on_padding_queue(0.0, t, t + 0.01)
+        t = round(t + 0.05, 3)
+
+
+def test_the_sonar_steps_down_before_the_estimate_falls_to_the_rung_the_link_carries() -> None:
+    """A 2 Mbit/s link falls to 300 kbit/s under the 1 Mbit/s top rung: the queue grows ~2.3 s
+    a second, and the numbered packets show it before Chrome's estimate moves. The viewer
+    goes to the rung that 300 kbit/s carries (240p), and one further while the queue drains."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    assert run(c, 0.0, 10.0) == []
+    # The sonar packets sent at 10.05 and 10.10 met 20 and 135 ms (acknowledged that late).
+    c.on_padding_queue(0.02, 10.05, 10.08)
+    assert c.decide(10.08) is None
+    c.on_padding_queue(0.135, 10.10, 10.25)
+    decision = c.decide(10.25)
+    assert decision is not None
+    assert "sonar met 135 ms of queue" in decision.reason
+    assert decision.index == 3  # 240p fits ~300 kbit/s; 180p while the queue drains
+    assert "draining" in decision.reason
+
+
+def test_a_sonar_that_sees_a_queue_drain_after_a_step_down_does_not_step_again() -> None:
+    """After a step down the queue of the rung before drains at the link's spare rate: the
+    sonar's packets still meet it, falling, and that is not congestion."""
+    c = RungController(NEEDS, start=0, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    c.on_padding_queue(0.02, 10.05, 10.08)
+    c.on_padding_queue(0.135, 10.10, 10.25)
+    assert c.decide(10.25) is not None
+    index = c.index
+    # Packets sent after the change: 600, 550, 500 ... ms, falling 1 s a second.
+    for n in range(8):
+        sent = 10.45 + n * 0.05
+        c.on_padding_queue(0.6 - n * 0.05, sent, sent + 0.6 - n * 0.05)
+        assert c.decide(sent + 0.6 - n * 0.05) is None or c.index < index  # only ever up
+    assert c.index <= index
+
+
+def test_a_queue_standing_under_the_new_rung_steps_down_before_the_cool_down() -> None:
+    """The rung stepped to is still above the link: the sonar's packets sent after the change
+    find the queue standing, not draining, and the viewer steps again within 0.3 s, not
+    after the full second of cool-down."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    c.on_remb(1_450_000, 10.1)
+    c.on_remb(615_000, 10.3)  # the estimate fires first: 360p
+    first = c.decide(10.3)
+    assert first is not None
+    assert first.index == 1
+    # Sent after the change, acknowledged half a second later: 500 ms, 510 ms.
+    c.on_padding_queue(0.5, 10.5, 11.0)
+    assert c.decide(11.0) is None  # one packet is not a standing queue
+    c.on_padding_queue(0.51, 10.55, 11.06)
+    decision = c.decide(11.06)
+    assert decision is not None
+    assert decision.index >= 2
+    assert "sonar met 510 ms of queue" in decision.reason
+    assert DOWN_COOLDOWN > 11.06 - 10.3
+
+
+def test_a_step_down_the_sonar_shows_too_small_is_corrected_at_once() -> None:
+    """Chrome's estimate fires first (615 kbit/s: 360p); an instant later the sonar's packets
+    sent before that step show the queue growing 2.3 s a second: a ~300 kbit/s link, so
+    240p, without waiting for the cool-down."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    c.on_remb(1_450_000, 10.1)
+    c.on_remb(615_000, 10.3)  # a drop
+    decision = c.decide(10.3)
+    assert decision is not None
+    assert decision.index == 1
+    c.on_padding_queue(0.03, 10.2, 10.32)
+    c.on_padding_queue(0.145, 10.25, 10.4)  # 2.3 s a second
+    corrected = c.decide(10.4)
+    assert corrected is not None
+    assert corrected.index >= 2
+    assert "the queue grew as on a" in corrected.reason
+
+
+def test_a_sonar_without_a_queue_lets_a_viewer_probe_whose_estimate_lags() -> None:
+    """Back at 2 Mbit/s after a step, Chrome's estimate (250 kbit/s) is below the 360p rung's
+    need and grows slowly: without the sonar nothing is probed; with the sonar finding no
+    queue under 360p, a padding probe starts."""
+
+    def viewer(sonar: bool) -> RungController:
+        c = RungController(NEEDS, start=1, now=0.0)
+        c.can_pad = True
+        t = 0.0
+        while t <= PROBE_BASE + 1.0:
+            c.on_sent(round(t * 300_000 / 8), t)
+            c.on_remb(250_000, t)
+            c.on_receiver_report(0.0, 0.01, t)
+            if sonar:
+                c.on_padding_queue(0.001, t, t + 0.01)
+            c.decide(t + 0.01)
+            t = round(t + 0.05, 3)
+        return c
+
+    assert not viewer(sonar=False).probing
+    assert viewer(sonar=True).probing

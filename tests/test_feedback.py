@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from webrtc.feedback import PaddingDelays, feedback_messages, parse_feedback
+from webrtc.feedback import LOWEST_WINDOW, PaddingDelays, feedback_messages, parse_feedback
 
 
 def _fci(base: int, count: int, reference: int, chunks: list[int], deltas: bytes) -> bytes:
@@ -101,3 +101,20 @@ def test_the_queue_is_the_delay_recent_padding_met_above_the_lowest() -> None:
     assert delays.acknowledged == 35
     delays.on_feedback(b"\x00")
     assert delays.malformed == 1
+
+
+def test_the_lowest_delay_is_forgotten_after_two_windows_so_clock_drift_is_no_queue() -> None:
+    """Two machines' clocks drift apart: a receiver whose clock runs 100 ms behind after a
+    while reads every packet 100 ms "earlier". A lowest kept forever would read the drift the
+    other way as a queue; after two windows only the recent lowest counts."""
+    delays = PaddingDelays()
+    t0 = 100.0
+    _acknowledge(delays, [(delays.number(t0), t0)], offset=5.0)
+    # The receiver's clock now runs 80 ms ahead: every packet reads 80 ms late, no queue.
+    for n in range(1, 5):
+        t = t0 + n * LOWEST_WINDOW * 0.9
+        _acknowledge(delays, [(delays.number(t), t + 0.08)], offset=5.0)
+    latest = delays.latest()
+    assert latest is not None
+    assert latest[0] == pytest.approx(t0 + 4 * LOWEST_WINDOW * 0.9)
+    assert latest[1] == pytest.approx(0.0, abs=0.001)

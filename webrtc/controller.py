@@ -42,6 +42,7 @@ The rules, in order:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -91,6 +92,17 @@ DRAIN_DONE = 0.03  # a round trip this close to its lowest: drained
 DRAIN_MAX = 2.0  # the longest a viewer stays on the draining rung
 PAD_RTT_QUEUE = 0.04  # a round trip this much above the lowest during a padding probe: a queue
 PAD_FEEDBACK_QUEUE = 0.04  # padding acknowledged this much later than the earliest: a queue
+#: The sonar (:data:`webrtc.padding.SONAR_INTERVAL`): numbered packets between probes.
+SONAR_QUEUE = 0.15  # two acknowledgements running this far above the lowest: congestion
+SONAR_FRESH = 0.5  # an acknowledgement that came longer ago than this is no evidence
+SONAR_SETTLE = 0.15  # packets sent this soon after a change may still carry the rung before's
+SONAR_COOLDOWN = 0.3  # the least time between step downs that the sonar's queue asks for
+SONAR_CORRECT = 1.0  # a step down the sonar shows too small within this long is corrected
+SONAR_GROWTH_SPAN = 0.04  # the least time between two samples a queue's growth is read over
+SONAR_STEEP = 1.0  # a queue growing this many seconds a second is congestion ...
+SONAR_STEEP_QUEUE = 0.06  # ... from this much on: a link far below the rung fills its
+# queue at 2-3 s a second, and a packet is acknowledged only once it has crossed the queue
+SONAR_DRAINING = 0.1  # a queue falling this many seconds a second drains (a step down worked)
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -137,6 +149,11 @@ class RungController:
         self.padding = 0.0
         #: The queue the padding met, from the viewer's feedback: (seconds, when).
         self._pad_queue: tuple[float, float] | None = None
+        #: The latest of those: (when the packet was sent, seconds of queue, when its
+        #: acknowledgement came), newest last.
+        self._queues: deque[tuple[float, float, float]] = deque(maxlen=8)
+        #: The last step down for congestion: when, and the bit/s the viewer was sent then.
+        self._down: tuple[float, float] | None = None
         #: The last change was a failed padding probe (not a move).
         self._pad_failed = False
         self._estimate_lags_until = -math.inf  # see ESTIMATE_LAG
@@ -250,9 +267,101 @@ class RungController:
         """During a probe: the rung to go back to if it fails."""
         return self._probe_from
 
-    def on_padding_queue(self, seconds: float, now: float) -> None:
-        """The queue the padding met, from the viewer's transport-wide feedback."""
-        self._pad_queue = (seconds, now)
+    def on_padding_queue(self, seconds: float, sent: float, now: float) -> None:
+        """The queue the padding (or the sonar) met, from the viewer's transport-wide feedback:
+        ``sent`` is when the newest acknowledged packet was sent (it came back at ``now``)."""
+        self._pad_queue = (seconds, sent)
+        if not self._queues or sent > self._queues[-1][0]:
+            self._queues.append((sent, seconds, now))
+
+    def _sonar_standing(self, now: float) -> float | None:
+        """The queue the last two numbered packets met, if both were sent since the last
+        change, are fresh, met ``SONAR_QUEUE`` or more and the queue is not draining."""
+        if len(self._queues) < 2:
+            return None
+        (t0, q0, at0), (t1, q1, _) = self._queues[-2], self._queues[-1]
+        if t0 < self._changed_at + SONAR_SETTLE or now - at0 > SONAR_FRESH:
+            return None
+        growth = (q1 - q0) / (t1 - t0)
+        if q1 >= SONAR_STEEP_QUEUE and growth >= SONAR_STEEP:
+            return q1
+        if min(q0, q1) < SONAR_QUEUE:
+            return None
+        # After a step down the queue of the rung before drains at the link's spare rate (a
+        # 600 kbit/s link under 360p: 0.28 s a second); one that does not is this rung's.
+        return q1 if growth > -SONAR_DRAINING else None
+
+    def _sonar_queue(self, now: float) -> float:
+        """Seconds of queue the newest fresh numbered packet met (0: none known)."""
+        if not self._queues or now - self._queues[-1][2] > SONAR_FRESH:
+            return 0.0
+        return self._queues[-1][1]
+
+    def _sonar_clear(self, now: float) -> bool:
+        """The sonar's fresh packets, two or more sent since the last change, met no queue."""
+        fresh = [
+            q
+            for t, q, at in self._queues
+            if now - at <= SONAR_FRESH and t >= self._changed_at + SONAR_SETTLE
+        ]
+        return len(fresh) >= 2 and max(fresh) <= DRAIN_DONE
+
+    def _sonar_projected(self, now: float) -> float:
+        """The queue now, as the sonar's newest packets saw it growing: an acknowledgement
+        comes only after its packet crossed the queue, so on a link far below the rung the
+        queue it shows is a fraction of the one standing when it arrives (at most 2 s)."""
+        queue = self._sonar_queue(now)
+        if queue <= 0 or len(self._queues) < 2:
+            return queue
+        (t0, q0, _), (t1, q1, _) = self._queues[-2], self._queues[-1]
+        if t1 - t0 < SONAR_GROWTH_SPAN:
+            return queue
+        return min(2.0, queue + max(0.0, (q1 - q0) / (t1 - t0)) * (now - t1))
+
+    def _sonar_capacity(
+        self, now: float, sent: float | None = None, before: float = math.inf
+    ) -> float | None:
+        """What the path carries, bit/s, from how fast the queue grew: a link that carries
+        ``C`` of the ``S`` it is sent grows its queue by ``S / C - 1`` seconds a second.
+        ``sent``: S (default: what the viewer is sent now); ``before``: only packets sent
+        before this time count."""
+        sent = self.sent_bitrate if sent is None else sent
+        if sent is None:
+            return None
+        fresh = [(t, q) for t, q, at in self._queues if now - at <= SONAR_FRESH and t < before]
+        growths = [
+            (q1 - q0) / (t1 - t0)
+            for (t0, q0), (t1, q1) in itertools.pairwise(fresh)
+            if t1 - t0 >= SONAR_GROWTH_SPAN and q1 > q0 and q1 >= SONAR_STEEP_QUEUE
+        ]
+        return sent * WIRE_FACTOR / (1 + max(growths)) if growths else None
+
+    def _corrected(self, now: float) -> Decision | None:
+        """A step down for congestion that the sonar, whose packets cross the queue before
+        they are acknowledged, shows too small soon after: the rung the link carries now.
+
+        A receiver's estimate often fires first (a link that falls from 2 Mbit/s to 300
+        kbit/s: 615 kbit/s, so 360p), before any acknowledged packet shows how fast the queue
+        grew; waiting out the cool-down on 360p then filled the link's whole queue."""
+        down = self._down
+        if down is None or down[0] != self._changed_at or now - down[0] > SONAR_CORRECT:
+            return None
+        capacity = self._sonar_capacity(now, down[1], before=down[0])
+        if capacity is None:
+            return None
+        target = self._fits(capacity)
+        if target <= (self._drain[0] if self._drain is not None else self.index):
+            return None
+        self._down = None  # once
+        self._drain = None
+        why = f"the queue grew as on a {capacity // 1000:.0f} kbit/s link"
+        queue = self._sonar_projected(now)
+        if queue >= DRAIN_QUEUE and target < len(self._needs) - 1:
+            self._drain = (target, now + DRAIN_MAX)
+            why = f"{why}; draining {queue * 1000:.0f} ms of queue"
+            target += 1
+        decision = self._move(target, f"congestion: {why}", now)
+        return decision
 
     def _padding_queued(self) -> float | None:
         """The queue the running padding probe's padding met, if it is one (else None)."""
@@ -358,6 +467,11 @@ class RungController:
             and not self._rtt_falling()
         ):
             return f"round trip {self._rtt * 1000:.0f} ms (lowest {self._rtt_min * 1000:.0f})"
+        standing = self._sonar_standing(now)
+        if standing is not None:
+            # Two numbered packets running found the queue standing: it is this rung's (the
+            # rung before's drains, and after a step up there was none).
+            return f"sonar met {standing * 1000:.0f} ms of queue"
         return None
 
     @property
@@ -515,6 +629,9 @@ class RungController:
                 self._probe_wait = PROBE_AGAIN
                 return decision
             return None
+        corrected = self._corrected(now)
+        if corrected is not None:
+            return corrected
         why = self._congested(now)
         if why is not None:
             self._calm_since = now
@@ -523,7 +640,10 @@ class RungController:
                 self._probe_from = None
                 self._probe_failed()
                 return self._move(back, f"probe failed: {why}", now)
-            if self.index >= bottom or now - self._last_down < DOWN_COOLDOWN:
+            # A queue the sonar found standing since the last step down is that rung's own:
+            # it need not wait the full cool-down (a receiver's estimate would not know yet).
+            cooldown = SONAR_COOLDOWN if self._sonar_standing(now) is not None else DOWN_COOLDOWN
+            if self.index >= bottom or now - self._last_down < cooldown:
                 return None
             trial, self._trial = self._trial, None
             if trial is not None and self.index <= trial[0]:
@@ -535,17 +655,25 @@ class RungController:
                 # estimates 0.85x what it gets (Chrome), and 10 % more margin sent a 600
                 # kbit/s viewer (estimate ~480) to 240p instead of 360p (need ~434).
                 target = max(target, self._fits(self._remb))
+            capacity = self._sonar_capacity(now)
+            if capacity is not None:
+                # The queue's growth tells the link's rate before the estimate falls (which
+                # takes a second, and falls a few percent at a time).
+                target = max(target, self._fits(capacity))
             # A fresh step down: probing starts again from its base wait.
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
             self._drain = None
-            queue = self._queue_seconds(now)
+            queue = max(self._queue_seconds(now), self._sonar_projected(now))
             if queue >= DRAIN_QUEUE and target < bottom:
                 # The rung that fits drains a queue at only the link's spare rate (a 0.4 s
                 # queue at 600 kbit/s takes 1.5 s from 360p): one rung lower, until it is gone.
                 self._drain = (target, now + DRAIN_MAX)
                 why = f"{why}; draining {queue * 1000:.0f} ms of queue"
                 target += 1
-            return self._move(target, f"congestion: {why}", now)
+            sent = self.sent_bitrate
+            decision = self._move(target, f"congestion: {why}", now)
+            self._down = None if sent is None else (now, sent)
+            return decision
 
         if self._drain is not None:
             back, until = self._drain
@@ -554,6 +682,10 @@ class RungController:
                 and self._rtt_min is not None
                 and self._since_change(self._rtt_at, REMB_SETTLE)
                 and self._rtt <= self._rtt_min + DRAIN_DONE
+            ) or (
+                bool(self._queues)
+                and self._queues[-1][0] >= self._changed_at + REMB_SETTLE
+                and self._sonar_queue(now) <= DRAIN_DONE
             )
             if drained or now >= until:
                 # Moved while still draining: the estimate lags this move too (see _move).
@@ -606,6 +738,10 @@ class RungController:
                 and self._remb < STUCK_BELOW_SENT * sent
                 and not self._queue_likely(now, unmeasured=True)
             )
+            # ... or the sonar finds no queue at all under this rung: the estimate lags the
+            # link (Chrome's grows ~8 % a second after a queue; a link back at 2 Mbit/s was
+            # left on 360p for 8 s), and a padding probe finds out within a tenth of a second.
+            and not (self.can_pad and self._sonar_clear(now))
         )
         if calm >= self._probe_wait and not lossy and not short:
             self.probes += 1

@@ -28,6 +28,10 @@ TWCC_FMT = 15
 RECENT = 0.1
 #: Send times kept for packets not acknowledged yet (a second of padding at 2 Mbit/s).
 KEEP = 1024
+#: The lowest delay is the least over the last one to two of these windows (seconds): two
+#: machines' clocks drift apart by tens of microseconds a second, and a lowest kept for an
+#: hour would read that drift as a queue.
+LOWEST_WINDOW = 30.0
 #: The most packets one message may report on: far more than are ever unacknowledged, and a
 #: bound on the work a viewer's crafted message can cause (a 13-bit run covers 8191).
 MAX_STATUSES = 4 * KEEP
@@ -105,6 +109,8 @@ class PaddingDelays:
         self._next = 0
         self._sent: dict[int, float] = {}
         self._lowest: float | None = None
+        self._epoch_lowest: float | None = None  # the least delay of this window ...
+        self._epoch_started: float | None = None  # ... and when it started
         #: (send time, delay above the lowest) of acknowledged packets, newest last.
         self._samples: deque[tuple[float, float]] = deque(maxlen=256)
         self.acknowledged = 0
@@ -133,16 +139,32 @@ class PaddingDelays:
                 continue  # lost: only arrivals show a queue
             self.acknowledged += 1
             offset = arrival / 1e6 - sent  # the clocks differ: only changes mean anything
-            if self._lowest is None or offset < self._lowest:
-                self._lowest = offset
+            self._lower(offset, sent)
+            assert self._lowest is not None
             self._samples.append((sent, offset - self._lowest))
+
+    def _lower(self, offset: float, sent: float) -> None:
+        """The lowest delay: the least of this window and the one before (LOWEST_WINDOW)."""
+        if self._epoch_started is None or sent - self._epoch_started >= LOWEST_WINDOW:
+            self._lowest = self._epoch_lowest  # the window before (None at the start)
+            self._epoch_lowest = None
+            self._epoch_started = sent
+        if self._epoch_lowest is None or offset < self._epoch_lowest:
+            self._epoch_lowest = offset
+        if self._lowest is None or offset < self._lowest:
+            self._lowest = offset
 
     def queue(self) -> float | None:
         """Seconds of queue the most recent padding met: the least delay above the lowest
         among packets sent within ``RECENT`` of the newest acknowledged one (one packet
         behind a picture's burst waits for the burst; all of them wait only for a queue).
         None: nothing acknowledged yet."""
+        latest = self.latest()
+        return None if latest is None else latest[1]
+
+    def latest(self) -> tuple[float, float] | None:
+        """(send time of the newest acknowledged packet, :meth:`queue`), or None."""
         if not self._samples:
             return None
         newest = self._samples[-1][0]
-        return min(delay for sent, delay in self._samples if sent >= newest - RECENT)
+        return newest, min(delay for sent, delay in self._samples if sent >= newest - RECENT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -221,6 +222,8 @@ class Peer:
         self._padding: RtxPadding | None = None
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()
+        #: Set when feedback shows a queue: the controller looks at once, not at its next tick.
+        self._look = asyncio.Event()
         self._running = False
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
@@ -341,6 +344,7 @@ class Peer:
         """Ask :meth:`run` to stop (idempotent); the first reason given is kept."""
         self.close_reason = self.close_reason or reason
         self._ended.set()
+        self._look.set()
 
     async def run(self, on_rung: Callable[[RungInfo], Awaitable[None]] | None = None) -> None:
         """Serve the viewer until its connection ends, it does not connect within the
@@ -420,7 +424,7 @@ class Peer:
         sender = self._transceiver.sender
         delays = feedback.PaddingDelays() if self._extra.transport_cc is not None else None
         if delays is not None:
-            _hook_feedback(sender, delays, controller)
+            _hook_feedback(sender, delays, controller, self._look.set)
         padding = self._padding = RtxPadding(sender, delays)
         padder = None
         if len(self._keys) > 1:
@@ -443,15 +447,20 @@ class Peer:
     ) -> None:  # fmt: skip
         """The controller's loop: its decisions applied every ``CONTROL_INTERVAL``."""
         shown: SharedEncoder | None = None
+        reported = -math.inf
         while not self._ended.is_set():
             if track.encoder is not shown and on_rung is not None:
                 shown = track.encoder
                 await on_rung(self.rung_info())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CONTROL_INTERVAL):  # the controller's pace
-                    await self._ended.wait()
+                    await self._look.wait()  # feedback that showed a queue, or the end
+            self._look.clear()
+            if self._ended.is_set():
+                break
             now = time.monotonic()
-            if len(self._keys) > 1:
+            if len(self._keys) > 1 and now - reported >= CONTROL_INTERVAL:
+                reported = now  # one sender report a tick, however often feedback wakes it
                 await reports.send()
             controller.on_sent(track.bytes_sent, now)
             controller.can_pad = padding.usable
@@ -654,11 +663,13 @@ def _hook_sender(
 
 
 def _hook_feedback(
-    sender: RTCRtpSender, delays: feedback.PaddingDelays, controller: RungController
-) -> None:
+    sender: RTCRtpSender, delays: feedback.PaddingDelays, controller: RungController,
+    look: Callable[[], None],
+) -> None:  # fmt: skip
     """Show the viewer's transport-wide feedback (:mod:`webrtc.feedback`) to ``delays`` and
-    the queue it finds to the controller. aiortc parses that feedback as a NACK of nonsense
-    and drops it (wrong format): it is read from the transport's decrypted RTCP, before."""
+    the queue it finds to the controller (``look``: there is a queue, it should look now).
+    aiortc parses that feedback as a NACK of nonsense and drops it (wrong format): it is read
+    from the transport's decrypted RTCP, before."""
     transport = sender.transport
     handle = transport._handle_rtcp_data
 
@@ -667,12 +678,19 @@ def _hook_feedback(
         messages = list(feedback.feedback_messages(data))
         for fci in messages:
             delays.on_feedback(fci)
-        queue = delays.queue() if messages else None
-        if queue is not None:
-            controller.on_padding_queue(queue, time.monotonic())
+        latest = delays.latest() if messages else None
+        if latest is not None:
+            sent, queue = latest
+            controller.on_padding_queue(queue, sent, time.monotonic())
+            if queue >= QUEUE_LOOK:
+                look()
 
     transport._handle_rtcp_data = tap  # type: ignore[method-assign]
 
+
+#: Feedback that shows this much queue (seconds) has the controller look at once: a link that
+#: falls below the rung fills a second of queue within half a second.
+QUEUE_LOOK = 0.04
 
 #: Retransmissions a viewer may cause, as a share of its rung's bitrate: on a congested link a
 #: receiver asks again and again for what the queue dropped, and unbounded answers (aiortc's
