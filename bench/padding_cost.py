@@ -5,7 +5,9 @@ plays, the viewer's sender is made to send ``--packets`` padding packets (RtxPad
 bursts of 4 as the pacer does), and the process's CPU time over them is divided by their count.
 The viewer's decryption of the same packets is in that figure too: it is an upper bound of
 the sender's cost. The share of a core is at the rate of one probe for the top rung from 360p
-(~600 kbit/s of padding, ~240 packets/s), which a viewer needs only while it probes.
+(~600 kbit/s of padding, ~240 packets/s), which a viewer needs only while it probes; the
+sonar's (one small numbered packet every 50 ms, for every viewer that acknowledges them) is
+measured the same way.
 
     .venv/bin/python -m bench.padding_cost --runs 3
 """
@@ -27,7 +29,8 @@ from bench.common import RESULTS, machine, machine_line, write_results
 from signaling.app import create_app
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import LOOPBACK_CONFIG, service_of, ws_url
-from webrtc.padding import PACKET_WIRE_BYTES, RtxPadding
+from webrtc.feedback import PaddingDelays
+from webrtc.padding import PACKET_WIRE_BYTES, SONAR_INTERVAL, SONAR_PADDING, RtxPadding
 from webrtc.sources import TestPatternSource
 
 logger = logging.getLogger("bench.padding_cost")
@@ -55,6 +58,14 @@ async def measure(packets: int) -> dict[str, Any]:
             await asyncio.sleep(0)  # let the receiver and the media run, as the pacer does
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         per_packet = (cpu - media * wall) / padding.packets
+        # The sonar's packets (8 bytes of padding, numbered), one at a time as it sends them.
+        sonar = RtxPadding(peer._transceiver.sender, PaddingDelays())
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        for _ in range(packets // 4):
+            await sonar.send(1, SONAR_PADDING)
+            await asyncio.sleep(0)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        per_sonar = (cpu - media * wall) / sonar.packets
     finally:
         await viewer.close()
         await server.close()
@@ -63,6 +74,8 @@ async def measure(packets: int) -> dict[str, Any]:
         "packets": padding.packets,
         "us_per_packet": round(per_packet * 1e6, 1),
         "probe_core_percent": round(per_packet * rate * 100, 2),
+        "us_per_sonar_packet": round(per_sonar * 1e6, 1),
+        "sonar_core_percent": round(per_sonar / SONAR_INTERVAL * 100, 3),
     }
 
 
@@ -74,9 +87,8 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     m = machine()
     runs = [await measure(args.packets) for _ in range(args.runs)]
-    median = {
-        k: statistics.median(r[k] for r in runs) for k in ("us_per_packet", "probe_core_percent")
-    }
+    keys = ("us_per_packet", "probe_core_percent", "us_per_sonar_packet", "sonar_core_percent")
+    median = {k: statistics.median(r[k] for r in runs) for k in keys}
     lines = [
         f"# peercam padding cost, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
@@ -88,6 +100,12 @@ async def main(argv: list[str]) -> int:
         "|---|---|---|",
         f"| {median['us_per_packet']} | {median['probe_core_percent']} |"
         f" {', '.join(str(r['us_per_packet']) for r in runs)} µs |",
+        "",
+        f"| CPU per sonar packet (µs) | the sonar, {1 / SONAR_INTERVAL:g} packets/s"
+        " (% of a core, per viewer) | runs |",
+        "|---|---|---|",
+        f"| {median['us_per_sonar_packet']} | {median['sonar_core_percent']} |"
+        f" {', '.join(str(r['us_per_sonar_packet']) for r in runs)} µs |",
     ]
     report = {"machine": m, "runs": runs, "median": median}
     write_results(args.out, "padding-cost", report, "\n".join(lines) + "\n")

@@ -741,3 +741,19 @@ def test_a_sonar_without_a_queue_lets_a_viewer_probe_whose_estimate_lags() -> No
 
     assert not viewer(sonar=False).probing
     assert viewer(sonar=True).probing
+
+
+def test_no_acknowledgements_while_draining_is_a_full_queue_not_a_drained_one() -> None:
+    """On a slow link the sonar's acknowledgements wait in the queue too: none for a while
+    says nothing of a drained queue, and the viewer stays on the draining rung."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    c.on_padding_queue(0.02, 10.05, 10.08)
+    c.on_padding_queue(0.135, 10.10, 10.25)
+    decision = c.decide(10.25)
+    assert decision is not None
+    assert "draining" in decision.reason
+    draining = c.index
+    assert run(c, 10.5, 10.25 + DRAIN_MAX - 0.1) == []  # no acknowledgement: still draining
+    assert c.index == draining

@@ -102,6 +102,7 @@ SONAR_GROWTH_SPAN = 0.04  # the least time between two samples a queue's growth 
 SONAR_STEEP = 1.0  # a queue growing this many seconds a second is congestion ...
 SONAR_STEEP_QUEUE = 0.06  # ... from this much on: a link far below the rung fills its
 # queue at 2-3 s a second, and a packet is acknowledged only once it has crossed the queue
+SONAR_CAPACITY_MARGIN = 0.85  # a full queue drops packets: its growth reads the link high
 SONAR_DRAINING = 0.1  # a queue falling this many seconds a second drains (a step down worked)
 
 
@@ -334,7 +335,9 @@ class RungController:
             for (t0, q0), (t1, q1) in itertools.pairwise(fresh)
             if t1 - t0 >= SONAR_GROWTH_SPAN and q1 > q0 and q1 >= SONAR_STEEP_QUEUE
         ]
-        return sent * WIRE_FACTOR / (1 + max(growths)) if growths else None
+        if not growths:
+            return None
+        return SONAR_CAPACITY_MARGIN * sent * WIRE_FACTOR / (1 + max(growths))
 
     def _corrected(self, now: float) -> Decision | None:
         """A step down for congestion that the sonar, whose packets cross the queue before
@@ -685,6 +688,9 @@ class RungController:
             ) or (
                 bool(self._queues)
                 and self._queues[-1][0] >= self._changed_at + REMB_SETTLE
+                # Fresh, not just none: on a slow link the acknowledgements themselves wait
+                # in the queue, and none for a while is a full queue, not an empty one.
+                and now - self._queues[-1][2] <= SONAR_FRESH
                 and self._sonar_queue(now) <= DRAIN_DONE
             )
             if drained or now >= until:
