@@ -30,12 +30,32 @@ from signaling.app import create_app
 from tests.aiortc_viewer import AiortcViewer
 from tests.conftest import LOOPBACK_CONFIG, service_of, ws_url
 from webrtc.feedback import PaddingDelays
-from webrtc.padding import PACKET_WIRE_BYTES, SONAR_INTERVAL, SONAR_PADDING, RtxPadding
+from webrtc.padding import (
+    PACKET_WIRE_BYTES,
+    PADDING_BYTES,
+    SONAR_INTERVAL,
+    SONAR_PADDING,
+    RtxPadding,
+)
 from webrtc.sources import TestPatternSource
 
 logger = logging.getLogger("bench.padding_cost")
 
 PROBE_BPS = 600_000
+
+
+async def _per_packet(
+    padding: RtxPadding, sends: int, count: int, size: int, media: float
+) -> float:
+    """CPU seconds per packet of ``sends`` sends of ``count`` packets, less the media's
+    share (``media``: CPU seconds per wall second without padding)."""
+    sent = padding.packets
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    for _ in range(sends):
+        await padding.send(count, size)
+        await asyncio.sleep(0)  # let the receiver and the media run, as the pacer does
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    return (cpu - media * wall) / (padding.packets - sent)
 
 
 async def measure(packets: int) -> dict[str, Any]:
@@ -52,20 +72,11 @@ async def measure(packets: int) -> dict[str, Any]:
         cpu0, wall0 = time.process_time(), time.monotonic()
         await asyncio.sleep(2.0)  # the measuring window of the media alone
         media = (time.process_time() - cpu0) / (time.monotonic() - wall0)
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        for _ in range(packets // 4):
-            await padding.send(4)
-            await asyncio.sleep(0)  # let the receiver and the media run, as the pacer does
-        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-        per_packet = (cpu - media * wall) / padding.packets
-        # The sonar's packets (8 bytes of padding, numbered), one at a time as it sends them.
+        # Bursts of 4 as the pacer sends them; the sonar's (8 bytes of padding, numbered)
+        # one at a time.
+        per_packet = await _per_packet(padding, packets // 4, 4, PADDING_BYTES, media)
         sonar = RtxPadding(peer._transceiver.sender, PaddingDelays())
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        for _ in range(packets // 4):
-            await sonar.send(1, SONAR_PADDING)
-            await asyncio.sleep(0)
-        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-        per_sonar = (cpu - media * wall) / sonar.packets
+        per_sonar = await _per_packet(sonar, packets // 4, 1, SONAR_PADDING, media)
     finally:
         await viewer.close()
         await server.close()

@@ -292,11 +292,18 @@ class RungController:
         # 600 kbit/s link under 360p: 0.28 s a second); one that does not is this rung's.
         return q1 if growth > -SONAR_DRAINING else None
 
+    def _sonar_newest(self, now: float) -> tuple[float, float] | None:
+        """(send time, seconds of queue) of the newest numbered packet, if its
+        acknowledgement is fresh."""
+        if not self._queues or now - self._queues[-1][2] > SONAR_FRESH:
+            return None
+        sent, queue, _ = self._queues[-1]
+        return sent, queue
+
     def _sonar_queue(self, now: float) -> float:
         """Seconds of queue the newest fresh numbered packet met (0: none known)."""
-        if not self._queues or now - self._queues[-1][2] > SONAR_FRESH:
-            return 0.0
-        return self._queues[-1][1]
+        newest = self._sonar_newest(now)
+        return 0.0 if newest is None else newest[1]
 
     def _sonar_clear(self, now: float) -> bool:
         """The sonar's fresh packets, two or more sent since the last change, met no queue."""
@@ -356,15 +363,20 @@ class RungController:
         if target <= (self._drain[0] if self._drain is not None else self.index):
             return None
         self._down = None  # once
-        self._drain = None
         why = f"the queue grew as on a {capacity // 1000:.0f} kbit/s link"
-        queue = self._sonar_projected(now)
-        if queue >= DRAIN_QUEUE and target < len(self._needs) - 1:
-            self._drain = (target, now + DRAIN_MAX)
-            why = f"{why}; draining {queue * 1000:.0f} ms of queue"
-            target += 1
-        decision = self._move(target, f"congestion: {why}", now)
-        return decision
+        target, why = self._draining(target, why, self._sonar_projected(now), now)
+        return self._move(target, f"congestion: {why}", now)
+
+    def _draining(self, target: int, why: str, queue: float, now: float) -> tuple[int, str]:
+        """The rung to step down to for ``target`` with ``queue`` seconds standing, and why.
+
+        The rung that fits drains a queue at only the link's spare rate (a 0.4 s queue at
+        600 kbit/s takes 1.5 s from 360p): one rung lower, until it is gone."""
+        self._drain = None
+        if queue < DRAIN_QUEUE or target >= len(self._needs) - 1:
+            return target, why
+        self._drain = (target, now + DRAIN_MAX)
+        return target + 1, f"{why}; draining {queue * 1000:.0f} ms of queue"
 
     def _padding_queued(self) -> float | None:
         """The queue the running padding probe's padding met, if it is one (else None)."""
@@ -665,14 +677,8 @@ class RungController:
                 target = max(target, self._fits(capacity))
             # A fresh step down: probing starts again from its base wait.
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
-            self._drain = None
             queue = max(self._queue_seconds(now), self._sonar_projected(now))
-            if queue >= DRAIN_QUEUE and target < bottom:
-                # The rung that fits drains a queue at only the link's spare rate (a 0.4 s
-                # queue at 600 kbit/s takes 1.5 s from 360p): one rung lower, until it is gone.
-                self._drain = (target, now + DRAIN_MAX)
-                why = f"{why}; draining {queue * 1000:.0f} ms of queue"
-                target += 1
+            target, why = self._draining(target, why, queue, now)
             sent = self.sent_bitrate
             decision = self._move(target, f"congestion: {why}", now)
             self._down = None if sent is None else (now, sent)
@@ -686,12 +692,11 @@ class RungController:
                 and self._since_change(self._rtt_at, REMB_SETTLE)
                 and self._rtt <= self._rtt_min + DRAIN_DONE
             ) or (
-                bool(self._queues)
-                and self._queues[-1][0] >= self._changed_at + REMB_SETTLE
                 # Fresh, not just none: on a slow link the acknowledgements themselves wait
                 # in the queue, and none for a while is a full queue, not an empty one.
-                and now - self._queues[-1][2] <= SONAR_FRESH
-                and self._sonar_queue(now) <= DRAIN_DONE
+                (newest := self._sonar_newest(now)) is not None
+                and newest[0] >= self._changed_at + REMB_SETTLE
+                and newest[1] <= DRAIN_DONE
             )
             if drained or now >= until:
                 # Moved while still draining: the estimate lags this move too (see _move).

@@ -127,16 +127,8 @@ class RtxPadding:
         last = time.monotonic()
         while True:
             if not self._wanted.is_set():
-                if self.delays is None:
-                    await self._wanted.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(SONAR_INTERVAL):  # the sonar's pace
-                            await self._wanted.wait()
-                    if not self._wanted.is_set():
-                        if self.usable and not await self._send_safely(1, SONAR_PADDING):
-                            return
-                        continue
+                if not await self._between_probes():
+                    return
                 owed, last = 0.0, time.monotonic()
             await asyncio.sleep(TICK)  # the pacing clock itself
             now = time.monotonic()
@@ -151,6 +143,21 @@ class RtxPadding:
                 owed -= count * PACKET_WIRE_BYTES
                 if not await self._send_safely(count, PADDING_BYTES):
                     return
+
+    async def _between_probes(self) -> bool:
+        """Until :meth:`want` wakes it, with the sonar's packets meanwhile if they are
+        numbered. False: padding must stop for good."""
+        if self.delays is None:
+            await self._wanted.wait()
+            return True
+        while not self._wanted.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SONAR_INTERVAL):  # the sonar's pace
+                    await self._wanted.wait()
+            sonar = not self._wanted.is_set() and self.usable
+            if sonar and not await self._send_safely(1, SONAR_PADDING):
+                return False
+        return True
 
     async def _send_safely(self, count: int, size: int) -> bool:
         """:meth:`send`; False when padding must stop for good."""
