@@ -36,12 +36,12 @@ async def _cpu_per_second(seconds: float) -> float:
 
 
 async def measure(
-    codec: Codec, width: int, height: int, fps: float, seconds: float
+    codec: Codec, width: int, height: int, fps: float, seconds: float, ladder_spec: LadderSpec
 ) -> dict[str, Any]:
     """One run: CPU share of the source alone, with the top rung, with every rung."""
     source = TestPatternSource(width, height, fps)
     bitrate = default_bitrate(width, height, fps)
-    ladder = LadderSpec().resolve(width, height, fps, bitrate)
+    ladder = ladder_spec.resolve(width, height, fps, bitrate)
     keys = [VideoKey(codec, r.height, r.bitrate, r.fps) for r in ladder.rungs]
     pool = make_encoder_pool(source.frames, fps=fps, bitrate=bitrate)
     source.start()
@@ -100,15 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ladder", default="auto", help="as the server's --ladder")
     parser.add_argument("--name", default="ladder-cost")
     args = parser.parse_args(argv)
     width, height = (int(x) for x in args.size.split("x"))
+    spec = LadderSpec.parse(args.ladder)
     logging.basicConfig(level=logging.WARNING)
     started, host = time.time(), machine()
     results: dict[str, Any] = {}
     for name in args.codec:
         runs = [
-            asyncio.run(measure(Codec(name), width, height, args.fps, args.seconds))
+            asyncio.run(measure(Codec(name), width, height, args.fps, args.seconds, spec))
             for _ in range(args.runs)
         ]
         ratios = [r["ratio"] for r in runs if r["ratio"] is not None]

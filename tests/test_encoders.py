@@ -105,22 +105,27 @@ async def test_keyframe_requests_are_rate_limited_but_never_lost() -> None:
     assert sum(f.keyframe for f in out) >= 2  # the first frame, and a served request
 
 
-@pytest.mark.parametrize("size", [(480, 360), (320, 240), (240, 180)])
+@pytest.mark.parametrize("size", [(640, 480), (480, 360), (426, 320), (320, 240), (240, 180)])
 def test_scaling_the_planes_matches_scaling_the_picture(size: tuple[int, int]) -> None:
-    """Lower rungs scale I420 plane by plane (cheap): the same picture as scaling BGR first."""
+    """Lower rungs scale I420 plane by plane, straight into the encoder's picture (cheap): the
+    same picture as scaling BGR first, whatever the planes' row padding."""
     import cv2
     import numpy as np
 
-    from webrtc.encoders import scale_i420
+    from webrtc.encoders import i420_picture
     from webrtc.frames import CapturedFrame
     from webrtc.sources import TestPatternSource
 
     frame = CapturedFrame.from_bgr(TestPatternSource().render(7, 0.0).copy(), 7)
     width, height = size
-    ours = scale_i420(frame.i420, frame.width, frame.height, width, height)
+    picture = i420_picture(frame.i420, frame.width, frame.height, width, height)
+    assert (picture.width, picture.height, picture.format.name) == (width, height, "yuv420p")
+    ours = picture.to_ndarray()
     reference = cv2.cvtColor(
         cv2.resize(frame.bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2YUV_I420
     )
     assert ours.shape == reference.shape == (height * 3 // 2, width)
+    if size == (frame.width, frame.height):
+        assert np.array_equal(ours, frame.i420)  # the top rung: a plain copy
     difference = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
     assert float(difference.mean()) < 4.0  # edges differ a little (bilinear vs area)

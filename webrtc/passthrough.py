@@ -59,6 +59,7 @@ from .encoders import (
     SharedEncoder,
     VideoKey,
     default_bitrate,
+    i420_picture,
 )
 from .errors import SourceError
 from .frames import CapturedFrame
@@ -728,7 +729,7 @@ class StreamSource(Source):
             frame = CapturedFrame.from_bgr(picture, self._index, now, live=False)
             self.frames.publish(frame)
             if encoder is not None:
-                video = av.VideoFrame.from_ndarray(np.asarray(frame.i420), format="yuv420p")
+                video = i420_picture(frame.i420, frame.width, frame.height)
                 video.pts = count
                 count += 1
                 for packet in encoder.encode(video):

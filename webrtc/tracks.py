@@ -10,7 +10,15 @@ import time
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .encoders import TIME_BASE, VIDEO_CLOCK, EncoderClosed, FellBehind, Packet, SharedEncoder
+from .encoders import (
+    TIME_BASE,
+    VIDEO_CLOCK,
+    EncoderClosed,
+    FellBehind,
+    Packet,
+    SharedEncoder,
+    i420_picture,
+)
 from .frames import CapturedFrame
 from .latest import Latest, LatestClosed
 
@@ -221,7 +229,7 @@ class RawVideoTrack(MediaStreamTrack):
         except LatestClosed:
             self.stop()
             raise MediaStreamError from None
-        picture = av.VideoFrame.from_ndarray(frame.i420, format="yuv420p")
+        picture = i420_picture(frame.i420, frame.width, frame.height)
         if self._t0 is None:
             self._t0 = frame.monotonic
         picture.pts = round((frame.monotonic - self._t0) * VIDEO_CLOCK)
