@@ -255,7 +255,7 @@ HARNESS_JS = (
   const keep = (list, entry) => { list.push(entry); if (list.length > 5000) list.shift(); };
   // The bar of a picture `width` wide, from a 2D context holding it at the top left.
   const readBar = (ctx, width) => {
-    const rows = Math.max(4, Math.floor(width / 80)) * 2;
+    const rows = Math.max(4, Math.ceil(width / 80)) * 2;
     return readTimebar(ctx.getImageData(0, 0, width, rows).data, width, rows);
   };
   const element = () => document.querySelector("peercam-view");
@@ -277,7 +277,7 @@ HARNESS_JS = (
     const onFrame = (now, meta) => {
       const wall = Date.now();
       if (h.firstVideo === null) h.firstVideo = now;
-      const rows = Math.max(4, Math.floor(meta.width / 80)) * 2;
+      const rows = Math.max(4, Math.ceil(meta.width / 80)) * 2;
       if (strip.width !== meta.width || strip.height !== rows) {
         strip.width = meta.width;
         strip.height = rows;

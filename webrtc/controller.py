@@ -104,6 +104,8 @@ SONAR_STEEP_QUEUE = 0.06  # ... from this much on: a link far below the rung fil
 # queue at 2-3 s a second, and a packet is acknowledged only once it has crossed the queue
 SONAR_CAPACITY_MARGIN = 0.85  # a full queue drops packets: its growth reads the link high
 SONAR_DRAINING = 0.1  # a queue falling this many seconds a second drains (a step down worked)
+SONAR_RISE = 0.25  # numbered packets each meeting a queue this much longer (s/s) than the one
+SONAR_RISE_SAMPLES = 3  # ... before, this many running, the newest SONAR_STEEP_QUEUE or more
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -284,13 +286,34 @@ class RungController:
         if t0 < self._changed_at + SONAR_SETTLE or now - at0 > SONAR_FRESH:
             return None
         growth = (q1 - q0) / (t1 - t0)
-        if q1 >= SONAR_STEEP_QUEUE and growth >= SONAR_STEEP:
+        if q1 >= SONAR_STEEP_QUEUE and (growth >= SONAR_STEEP or self._sonar_rising()):
             return q1
         if min(q0, q1) < SONAR_QUEUE:
+            return None
+        if self._pad_failed and q1 <= max(q for _, q, _ in list(self._queues)[:-1]):
+            # After a failed padding probe the queue is the padding's until it outgrows it:
+            # under a rung that nearly fills the link it drains too slowly to read as
+            # draining (600 kbit/s under 288p: 186, 160, 155 ms at 50 ms apart).
             return None
         # After a step down the queue of the rung before drains at the link's spare rate (a
         # 600 kbit/s link under 360p: 0.28 s a second); one that does not is this rung's.
         return q1 if growth > -SONAR_DRAINING else None
+
+    def _sonar_rising(self) -> bool:
+        """The last ``SONAR_RISE_SAMPLES`` numbered packets, all sent since the last change,
+        each met a longer queue than the one before, by ``SONAR_RISE`` s/s or more.
+
+        A link that carries two thirds of the rung fills its queue 0.5 s a second, too slowly
+        for ``SONAR_STEEP``, and waiting for ``SONAR_QUEUE`` twice let it reach ~300 ms before
+        the step. It fills steadily, packet after packet; an IDR's burst lengthens the queue
+        for one packet, and the next meets a shorter one."""
+        recent = list(itertools.islice(reversed(self._queues), SONAR_RISE_SAMPLES))
+        if len(recent) < SONAR_RISE_SAMPLES or recent[-1][0] < self._changed_at + SONAR_SETTLE:
+            return False
+        return all(
+            t1 - t0 >= SONAR_GROWTH_SPAN and (q1 - q0) / (t1 - t0) >= SONAR_RISE
+            for (t1, q1, _), (t0, q0, _) in itertools.pairwise(recent)
+        )
 
     def _sonar_newest(self, now: float) -> tuple[float, float] | None:
         """(send time, seconds of queue) of the newest numbered packet, if its

@@ -38,19 +38,35 @@ def stamp(image: Image, millis: int) -> None:
 
 
 def read(image: Image) -> int | None:
-    """Decode the bar from a BGR or grey ``image``; None if absent or damaged."""
-    size = block_size(image.shape[1])
-    if image.shape[0] < size * 2 or image.shape[1] < size * (BITS + 2):
+    """Decode the bar from a BGR or grey ``image``; None if absent or damaged.
+
+    The picture may be the one stamped, or one scaled down from it (a lower rung of the
+    ladder): there a block is ``width / 80`` pixels, a fraction, when the stamped width was a
+    multiple of 80 (640: 4.8 pixels at 384 wide, 2.4 at 192).
+    """
+    width = image.shape[1]
+    exact = block_size(width)
+    for size in (exact, width / 80) if width / 80 != exact else (exact,):
+        millis = _read_at(image, size)
+        if millis is not None:
+            return millis
+    return None
+
+
+def _read_at(image: Image, size: float) -> int | None:
+    if size < 2 or image.shape[0] < size * 2 or image.shape[1] < size * (BITS + 2):
         return None
     # Average the middle half of each block: robust against ringing at block edges.
-    lo, hi = size // 4, size - size // 4
-    rows = image[size // 2 + lo : size // 2 + hi, size : size * (BITS + 1)]
+    top, bottom = round(size / 2 + size / 4), max(round(size / 2 + size * 3 / 4), 1)
+    rows = image[top : max(bottom, top + 1)]
     if rows.ndim == 3:
         rows = rows.mean(axis=2)
-    columns = rows.mean(axis=0).reshape(BITS, size)[:, lo:hi].mean(axis=1)
+    column = rows.mean(axis=0)
     word = 0
-    for level in columns:
-        word = (word << 1) | int(level > 128)
+    for i in range(BITS):
+        x = size * (i + 1)
+        lo, hi = round(x + size / 4), round(x + size * 3 / 4)
+        word = (word << 1) | int(column[lo : max(hi, lo + 1)].mean() > 128)
     millis = word >> 16
     if word & 0xFFFF != _check_word(millis):
         return None
