@@ -112,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="auto|off|RUNGS",
         help="shared encodings per codec for viewers' links: auto (from the source size: full, "
-        "3/4 size at 40%%, half at 15%%, a small one at half rate), off (one, as --bitrate), or "
-        "rungs like 720p@2500k,360p@500k,180p@80k/15 (HEIGHTp@BITRATE[/FPS])",
+        "0.6 of its height at 40%%, 0.4 at 15%%, 0.3 at 7%% and half rate), off (one, as "
+        "--bitrate), or rungs like 720p@2500k,360p@500k,180p@80k/15 (HEIGHTp@BITRATE[/FPS])",
     )
     p.add_argument(
         "--ice-server",

@@ -314,14 +314,19 @@ def test_wire_bitrate_adds_headers() -> None:
 
 
 def test_the_default_ladder_follows_the_source_size() -> None:
-    """640x480@30 at 921 kbit/s: full, 360p at 40 %, 240p at 15 %, 180p at half rate."""
+    """640x480@30 at 921 kbit/s: full, 288p at 40 %, 192p at 15 %, 144p at half rate: each
+    rung about the top's bits per pixel."""
     ladder = LadderSpec().resolve(640, 480, 30.0, 921_600)
     assert [(r.height, r.bitrate, r.fps) for r in ladder.rungs] == [
         (0, 921_600, 0.0),
-        (360, 368_640, 0.0),
-        (240, 138_240, 0.0),
-        (180, 64_512, 15.0),
+        (288, 368_640, 0.0),
+        (192, 138_240, 0.0),
+        (144, 64_512, 15.0),
     ]
+    top = ladder.rungs[0].bitrate / (640 * 480 * 30)
+    for rung in ladder.rungs[1:]:
+        width, fps = rung.height * 4 / 3, rung.fps or 30.0
+        assert 0.8 * top <= rung.bitrate / (width * rung.height * fps) <= 1.6 * top
 
 
 def test_the_bottom_rung_stays_small_for_big_sources() -> None:
@@ -537,6 +542,33 @@ def test_padding_that_meets_a_queue_stops_at_once_and_fails_the_probe() -> None:
     assert c.index == 1
 
 
+def test_a_failed_probe_s_queue_draining_slowly_is_no_step_down() -> None:
+    """Under a rung that nearly fills the link, the queue a failed probe built drains at a
+    tenth of a second a second: the padding's queue, not the rung's, until it grows past it."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    assert c.probing
+    t = PROBE_BASE + 1.0
+    c.on_padding_queue(0.06, t, t + 0.07)
+    assert c.decide(t + 0.07) is None
+    assert not c.probing  # failed: the padding met 60 ms
+    # Padding already sent met more; later packets meet the queue draining slowly.
+    for n, queue in enumerate((0.186, 0.172, 0.165, 0.162, 0.158, 0.155)):
+        sent = t + 0.1 + 0.05 * n
+        c.on_padding_queue(queue, sent, sent + queue + 0.02)
+        assert c.decide(sent + queue + 0.02) is None, queue
+    assert c.index == 1
+    # A queue that outgrows the padding's is the rung's own.
+    for n, queue in enumerate((0.2, 0.25)):
+        sent = t + 0.45 + 0.05 * n
+        c.on_padding_queue(queue, sent, sent + queue + 0.02)
+    decision = c.decide(t + 0.5 + 0.25 + 0.02)
+    assert decision is not None
+    assert decision.index > 1
+
+
 def test_the_estimate_falling_for_a_failed_probe_s_queue_is_no_step_down() -> None:
     """Chrome's estimate goes on falling for the queue a failed probe built (0.85x what it
     receives): with later round trips back at their lowest, the viewer keeps its rung."""
@@ -659,6 +691,48 @@ def test_the_sonar_steps_down_before_the_estimate_falls_to_the_rung_the_link_car
     assert "draining" in decision.reason
 
 
+def test_a_queue_that_fills_steadily_but_slowly_steps_down_before_it_is_long() -> None:
+    """A link that carries two thirds of the rung fills its queue 0.5 s a second: too slowly
+    for the steep rule, and two packets at 150 ms would come ~300 ms into the queue. Three
+    numbered packets running, each meeting a longer queue, are enough from 60 ms on."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    assert run(c, 0.0, 10.0) == []
+    for sent, queue in ((10.05, 0.02), (10.10, 0.045)):
+        c.on_padding_queue(queue, sent, sent + queue + 0.03)
+        assert c.decide(sent + queue + 0.03) is None
+    c.on_padding_queue(0.07, 10.15, 10.25)
+    decision = c.decide(10.25)
+    assert decision is not None
+    assert "sonar met 70 ms of queue" in decision.reason
+    assert decision.index >= 1
+
+
+def test_a_slow_rise_in_a_viewer_s_first_second_waits_for_more_queue() -> None:
+    """A viewer that starts on the top rung: in its first second neither the rate it is sent
+    nor the queue's growth tells the rung its link carries, so a slow rise is not enough yet
+    (a steep one or a longer queue is)."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    for t in (0.0, 0.25, 0.5):
+        c.on_sent(round(t * 1_000_000 / 8), t)
+    for sent, queue in ((0.5, 0.02), (0.55, 0.045), (0.6, 0.07)):
+        c.on_padding_queue(queue, sent, sent + queue + 0.03)
+        assert c.decide(sent + queue + 0.03) is None
+
+
+def test_one_long_packet_of_an_idr_burst_is_no_steady_rise() -> None:
+    """An IDR lengthens the queue for the packet behind it (55 ms); the next meets a shorter
+    one: no congestion."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    _top_rung_sending(c, 10.0)
+    for sent, queue in ((10.05, 0.0), (10.10, 0.055), (10.15, 0.03), (10.20, 0.062)):
+        c.on_padding_queue(queue, sent, sent + queue + 0.03)
+        assert c.decide(sent + queue + 0.03) is None
+
+
 def test_a_sonar_that_sees_a_queue_drain_after_a_step_down_does_not_step_again() -> None:
     """After a step down the queue of the rung before drains at the link's spare rate: the
     sonar's packets still meet it, falling, and that is not congestion."""
@@ -757,3 +831,65 @@ def test_no_acknowledgements_while_draining_is_a_full_queue_not_a_drained_one() 
     draining = c.index
     assert run(c, 10.5, 10.25 + DRAIN_MAX - 0.1) == []  # no acknowledgement: still draining
     assert c.index == draining
+
+
+def test_a_drain_is_not_over_while_the_sonar_still_meets_the_queue() -> None:
+    """A viewer that starts on the top rung over a slow link measures its first round trips
+    with the queue already full, so the lowest round trip is that queue: round trips at that
+    lowest do not end the drain while the sonar's packets still meet the queue."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    for n in range(8):
+        t = 0.05 * n
+        c.on_sent(round(t * 1_000_000 / 8), t)
+        c.on_padding_queue(0.0, t, t + 0.01)
+    c.on_padding_queue(0.1, 0.45, 0.6)
+    c.on_padding_queue(0.3, 0.5, 0.85)  # steep: 4 s a second
+    decision = c.decide(0.85)
+    assert decision is not None
+    assert "draining" in decision.reason
+    draining = c.index
+    t = 1.0
+    while t < 2.0:
+        c.on_receiver_report(0.0, 1.2, t)  # the lowest round trip is the full queue's
+        queue = round(0.6 - 0.25 * (t - 1.0), 3)  # draining, a quarter second a second
+        c.on_padding_queue(queue, t - queue - 0.1, t)
+        assert c.decide(t) is None, t
+        t = round(t + 0.1, 3)
+    assert c.index == draining
+    c.on_padding_queue(0.0, t - 0.05, t)
+    decision = c.decide(t)
+    assert decision is not None
+    assert decision.reason == "queue drained"
+
+
+# -- retransmissions --------------------------------------------------------------------------
+
+
+async def test_nothing_is_resent_into_a_long_queue() -> None:
+    """NACKs are answered within the budget while the path is clear, and not at all while
+    the viewer's queue is a quarter second or more: the resend would come too late and only
+    lengthen the queue."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from webrtc.peers import RTX_LATE, RetransmitBudget
+    from webrtc.tracks import EncodedVideoTrack
+
+    resent: list[int] = []
+
+    async def retransmit(sequence_number: int) -> None:
+        resent.append(sequence_number)
+
+    queue = [0.0]
+    track = cast(EncodedVideoTrack, SimpleNamespace(encoder=None))
+    budget = RetransmitBudget(retransmit, track, lambda: queue[0])
+    await budget(1)
+    assert resent == [1]
+    queue[0] = RTX_LATE
+    await budget(2)
+    assert resent == [1]
+    assert budget.refused == 1
+    queue[0] = 0.01
+    await budget(3)
+    assert resent == [1, 3]

@@ -105,7 +105,8 @@ SONAR_STEEP_QUEUE = 0.06  # ... from this much on: a link far below the rung fil
 SONAR_CAPACITY_MARGIN = 0.85  # a full queue drops packets: its growth reads the link high
 SONAR_DRAINING = 0.1  # a queue falling this many seconds a second drains (a step down worked)
 SONAR_RISE = 0.25  # numbered packets each meeting a queue this much longer (s/s) than the one
-SONAR_RISE_SAMPLES = 3  # ... before, this many running, the newest SONAR_STEEP_QUEUE or more
+SONAR_RISE_SAMPLES = 3  # ... before, this many running, the newest SONAR_STEEP_QUEUE or more,
+SONAR_RISE_AFTER = SENT_WINDOW  # ... on a rung held this long (the rate it is sent is known)
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -306,9 +307,14 @@ class RungController:
         A link that carries two thirds of the rung fills its queue 0.5 s a second, too slowly
         for ``SONAR_STEEP``, and waiting for ``SONAR_QUEUE`` twice let it reach ~300 ms before
         the step. It fills steadily, packet after packet; an IDR's burst lengthens the queue
-        for one packet, and the next meets a shorter one."""
+        for one packet, and the next meets a shorter one.
+
+        Only on a rung held ``SONAR_RISE_AFTER``: a viewer that starts on the top rung over a
+        slow link met 60-80 ms within its first second, when neither the rate it is sent nor
+        the queue's growth (under the shaper's bucket) yet told the rung the link carries, and
+        the step went to 288p on a 150 kbit/s link; the other rules wait for more queue."""
         recent = list(itertools.islice(reversed(self._queues), SONAR_RISE_SAMPLES))
-        if len(recent) < SONAR_RISE_SAMPLES or recent[-1][0] < self._changed_at + SONAR_SETTLE:
+        if len(recent) < SONAR_RISE_SAMPLES or recent[-1][0] < self._changed_at + SONAR_RISE_AFTER:
             return False
         return all(
             t1 - t0 >= SONAR_GROWTH_SPAN and (q1 - q0) / (t1 - t0) >= SONAR_RISE
@@ -553,6 +559,11 @@ class RungController:
             and not self._rtt_falling()
         )
 
+    def queue(self, now: float) -> float:
+        """Seconds of queue in the viewer's path as last measured, by round trip or by the
+        sonar (0: none known)."""
+        return max(self._queue_seconds(now), self._sonar_queue(now))
+
     def _queue_seconds(self, now: float) -> float:
         """The queue in the path by the latest round trip (above the lowest), 0 if unknown."""
         if self._rtt is None or self._rtt_min is None or not self._fresh(self._rtt_at, now):
@@ -709,15 +720,20 @@ class RungController:
 
         if self._drain is not None:
             back, until = self._drain
+            newest = self._sonar_newest(now)
             drained = (
                 self._rtt is not None
                 and self._rtt_min is not None
                 and self._since_change(self._rtt_at, REMB_SETTLE)
                 and self._rtt <= self._rtt_min + DRAIN_DONE
+                # A viewer that starts over a slow link measures its first round trips with
+                # the queue already full (lowest 1.3 s at 150 kbit/s): the sonar, whose
+                # lowest came before it, says whether that queue is still there.
+                and (newest is None or newest[1] <= DRAIN_DONE)
             ) or (
                 # Fresh, not just none: on a slow link the acknowledgements themselves wait
                 # in the queue, and none for a while is a full queue, not an empty one.
-                (newest := self._sonar_newest(now)) is not None
+                newest is not None
                 and newest[0] >= self._changed_at + REMB_SETTLE
                 and newest[1] <= DRAIN_DONE
             )

@@ -6,9 +6,11 @@ viewer on it and running only while it has viewers. A viewer's controller
 at an IDR of the target rung. All rungs stamp presentation times from one capture clock (the
 ladder's epoch), so a viewer that moves between rungs sees no break in its RTP timestamps.
 
-The default ladder follows the source size: full size at the top bitrate, 3/4 size at 40 %, half
-size at 15 %, and a small rung at half the frame rate for links of ~150 kbit/s. Rung sizes
-shrink as bitrates do, so all rungs busy at once cost well under two full-size encoders.
+The default ladder follows the source size: full size at the top bitrate, 0.6 of its height at
+40 %, 0.4 at 15 %, and 0.3 at 7 % and half the frame rate for links of ~150 kbit/s. A rung's
+height is about the square root of its share of the bitrate, so every rung spends about the
+top's bits per pixel (~0.1), and all rungs busy at once cost ~1.6x the top alone (a 3/4-size
+rung at 40 %, as before, starved its pixels at 0.07 bit each and cost 1.7-2x).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 #: What the default ladder's rungs are, relative to the top: (height factor, bitrate factor,
 #: frame-rate factor).
-DEFAULT_SHAPE = ((1.0, 1.0, 1.0), (0.75, 0.4, 1.0), (0.5, 0.15, 1.0), (0.375, 0.07, 0.5))
+DEFAULT_SHAPE = ((1.0, 1.0, 1.0), (0.6, 0.4, 1.0), (0.4, 0.15, 1.0), (0.3, 0.07, 0.5))
 #: The bottom rung never asks for more than this, whatever the source: it is for slow links.
 BOTTOM_MAX_BITRATE = 90_000
 MIN_BITRATE = 30_000

@@ -659,7 +659,9 @@ def _hook_sender(
                 controller.on_remb(bitrate, now)
 
     sender._handle_rtcp_packet = observe  # type: ignore[method-assign]
-    sender._retransmit = RetransmitBudget(sender._retransmit, track)  # type: ignore[method-assign]
+    sender._retransmit = RetransmitBudget(  # type: ignore[method-assign]
+        sender._retransmit, track, lambda: controller.queue(time.monotonic())
+    )
 
 
 def _hook_feedback(
@@ -699,16 +701,29 @@ RTX_SHARE = 0.25
 RTX_PACKET_BITS = 1200 * 8
 RTX_MIN_RATE = 5.0  # packets a second, whatever the rung
 RTX_PER_PACKET = 2  # times one packet is sent again, at most
+RTX_LATE = 0.25  # seconds of queue in the viewer's path from which nothing is resent
 
 
 class RetransmitBudget:
-    """``RTCRtpSender._retransmit`` (NACK answers) under a token bucket and a per-packet cap."""
+    """``RTCRtpSender._retransmit`` (NACK answers) under a token bucket and a per-packet cap,
+    and none into a long queue.
+
+    A packet resent into ``RTX_LATE`` or more of queue arrives after its picture was due and
+    only makes the queue longer: a 150 kbit/s viewer that starts on the top rung loses half its
+    packets to the full queue, and their resends (5 a second, ~48 kbit/s) beside the bottom
+    rung's 64 kept ~1 s of queue standing for 6 s. The viewer recovers with the IDR it asks for.
+    """
 
     def __init__(
-        self, retransmit: Callable[[int], Awaitable[None]], track: EncodedVideoTrack
+        self,
+        retransmit: Callable[[int], Awaitable[None]],
+        track: EncodedVideoTrack,
+        queue: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        """``queue``: seconds of queue in the viewer's path now (its controller's view)."""
         self._retransmit = retransmit
         self._track = track
+        self._queue = queue
         self._tokens = RTX_MIN_RATE
         self._last = time.monotonic()
         self._sent: dict[int, int] = {}
@@ -721,7 +736,7 @@ class RetransmitBudget:
         self._tokens = min(rate, self._tokens + (now - self._last) * rate)
         self._last = now
         times = self._sent.get(sequence_number, 0)
-        if self._tokens < 1 or times >= RTX_PER_PACKET:
+        if self._tokens < 1 or times >= RTX_PER_PACKET or self._queue() >= RTX_LATE:
             self.refused += 1
             return
         self._tokens -= 1
