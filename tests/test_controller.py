@@ -450,6 +450,16 @@ def _calm_on_rung_1(c: RungController, until: float, remb: int = 600_000) -> Non
         t += 0.25
 
 
+def _padding_probe_on_rung_1() -> RungController:
+    """A viewer that can be padded, calm on rung 1 until its padding probe has begun."""
+    c = RungController(NEEDS, start=1, now=0.0)
+    c.can_pad = True
+    _calm_on_rung_1(c, PROBE_BASE + 0.5)
+    run(c, 0.0, PROBE_BASE + 0.5)
+    assert c.probing
+    return c
+
+
 def test_with_padding_a_probe_pads_first_and_switches_only_once_the_link_carried_it() -> None:
     """A padding probe: padding ramps up to the next rung's extra need; the rung does not
     change during it, and does once it held."""
@@ -480,11 +490,7 @@ def test_with_padding_a_probe_pads_first_and_switches_only_once_the_link_carried
 def test_a_padding_probe_that_lowers_the_estimate_stops_without_a_step_down() -> None:
     """The estimate falls during the probe (the receiver saw a queue grow): padding stops,
     the viewer stays on its rung, and the next probe waits twice as long."""
-    c = RungController(NEEDS, start=1, now=0.0)
-    c.can_pad = True
-    _calm_on_rung_1(c, PROBE_BASE + 0.5)
-    run(c, 0.0, PROBE_BASE + 0.5)
-    assert c.probing
+    c = _padding_probe_on_rung_1()
     t = PROBE_BASE + 1.0
     c.on_remb(560_000, t)  # 7 % below the probe's best
     assert c.decide(t) is None
@@ -504,11 +510,7 @@ def test_a_padding_probe_that_lowers_the_estimate_stops_without_a_step_down() ->
 
 
 def test_a_padding_probe_stops_on_a_queue_in_the_round_trip() -> None:
-    c = RungController(NEEDS, start=1, now=0.0)
-    c.can_pad = True
-    _calm_on_rung_1(c, PROBE_BASE + 0.5)
-    run(c, 0.0, PROBE_BASE + 0.5)
-    assert c.probing
+    c = _padding_probe_on_rung_1()
     c.on_receiver_report(0.0, 0.06, PROBE_BASE + 1.0)  # 50 ms up once: a busy machine
     c.on_receiver_report(0.0, 0.01, PROBE_BASE + 1.25)
     assert c.decide(PROBE_BASE + 1.25) is None
@@ -545,11 +547,7 @@ def test_padding_that_meets_a_queue_stops_at_once_and_fails_the_probe() -> None:
 def test_a_failed_probe_s_queue_draining_slowly_is_no_step_down() -> None:
     """Under a rung that nearly fills the link, the queue a failed probe built drains at a
     tenth of a second a second: the padding's queue, not the rung's, until it grows past it."""
-    c = RungController(NEEDS, start=1, now=0.0)
-    c.can_pad = True
-    _calm_on_rung_1(c, PROBE_BASE + 0.5)
-    run(c, 0.0, PROBE_BASE + 0.5)
-    assert c.probing
+    c = _padding_probe_on_rung_1()
     t = PROBE_BASE + 1.0
     c.on_padding_queue(0.06, t, t + 0.07)
     assert c.decide(t + 0.07) is None
@@ -572,10 +570,7 @@ def test_a_failed_probe_s_queue_draining_slowly_is_no_step_down() -> None:
 def test_the_estimate_falling_for_a_failed_probe_s_queue_is_no_step_down() -> None:
     """Chrome's estimate goes on falling for the queue a failed probe built (0.85x what it
     receives): with later round trips back at their lowest, the viewer keeps its rung."""
-    c = RungController(NEEDS, start=1, now=0.0)
-    c.can_pad = True
-    _calm_on_rung_1(c, PROBE_BASE + 0.5)
-    run(c, 0.0, PROBE_BASE + 0.5)
+    c = _padding_probe_on_rung_1()
     t = PROBE_BASE + 1.0
     c.on_padding_queue(0.06, t, t)
     c.decide(t)

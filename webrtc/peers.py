@@ -718,7 +718,7 @@ class RetransmitBudget:
         self,
         retransmit: Callable[[int], Awaitable[None]],
         track: EncodedVideoTrack,
-        queue: Callable[[], float] = lambda: 0.0,
+        queue: Callable[[], float],
     ) -> None:
         """``queue``: seconds of queue in the viewer's path now (its controller's view)."""
         self._retransmit = retransmit

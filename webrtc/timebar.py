@@ -57,8 +57,8 @@ def _read_at(image: Image, size: float) -> int | None:
     if size < 2 or image.shape[0] < size * 2 or image.shape[1] < size * (BITS + 2):
         return None
     # Average the middle half of each block: robust against ringing at block edges.
-    top, bottom = round(size / 2 + size / 4), max(round(size / 2 + size * 3 / 4), 1)
-    rows = image[top : max(bottom, top + 1)]
+    top = round(size / 2 + size / 4)
+    rows = image[top : max(round(size / 2 + size * 3 / 4), top + 1)]
     if rows.ndim == 3:
         rows = rows.mean(axis=2)
     column = rows.mean(axis=0)
