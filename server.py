@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="auto|off|RUNGS",
         help="shared encodings per codec for viewers' links: auto (from the source size: full, "
-        "0.6 of its height at 40%%, 0.4 at 15%%, 0.3 at 7%% and half rate), off (one, as "
+        "half its height at 40%%, 3/8 at 15%%, a quarter at 7%% and half rate), off (one, as "
         "--bitrate), or rungs like 720p@2500k,360p@500k,180p@80k/15 (HEIGHTp@BITRATE[/FPS])",
     )
     p.add_argument(

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from webrtc.encoders import KEYFRAME_MIN_INTERVAL, Codec, EncodedFrame, SharedEncoder
+from webrtc.encoders import KEYFRAME_MIN_INTERVAL, Codec, EncodedFrame, SharedEncoder, VideoKey
 from webrtc.frames import CapturedFrame
 from webrtc.latest import Latest
 from webrtc.sources import TestPatternSource
@@ -105,7 +105,9 @@ async def test_keyframe_requests_are_rate_limited_but_never_lost() -> None:
     assert sum(f.keyframe for f in out) >= 2  # the first frame, and a served request
 
 
-@pytest.mark.parametrize("size", [(640, 480), (480, 360), (426, 320), (320, 240), (240, 180)])
+@pytest.mark.parametrize(
+    "size", [(640, 480), (480, 360), (426, 320), (320, 240), (240, 180), (160, 120), (210, 158)]
+)
 def test_scaling_the_planes_matches_scaling_the_picture(size: tuple[int, int]) -> None:
     """Lower rungs scale I420 plane by plane, straight into the encoder's picture (cheap): the
     same picture as scaling BGR first, whatever the planes' row padding."""
@@ -129,3 +131,41 @@ def test_scaling_the_planes_matches_scaling_the_picture(size: tuple[int, int]) -
         assert np.array_equal(ours, frame.i420)  # the top rung: a plain copy
     difference = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
     assert float(difference.mean()) < 4.0  # edges differ a little (bilinear vs area)
+
+
+def test_a_frame_is_halved_once_for_every_rung_under_half_size() -> None:
+    """Rungs at or under half size scale from one area-averaged half picture, made once per
+    frame; a frame whose half is no whole I420 picture has none (its rungs scale from it)."""
+    import cv2
+
+    frame = CapturedFrame.from_bgr(TestPatternSource().render(7, 0.0).copy(), 7)
+    half = frame.half_i420()
+    assert half is not None
+    assert half is frame.half_i420()
+    reference = cv2.cvtColor(
+        cv2.resize(frame.bgr, (320, 240), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2YUV_I420
+    )
+    assert half.shape == reference.shape == (360, 320)
+    assert float(np.abs(half.astype(np.int16) - reference.astype(np.int16)).mean()) < 1.0
+    assert CapturedFrame.from_bgr(np.zeros((482, 642, 3), np.uint8), 1).half_i420() is None
+
+
+@pytest.mark.parametrize("source", [(640, 480), (642, 482)])
+async def test_a_quarter_size_rung_decodes_at_its_size(source: tuple[int, int]) -> None:
+    """The bottom rung of a 640x480 source is its half halved again; of a 642x482 one (no
+    whole half, and chroma planes that do not fill rows of the I420 array), scaled from the
+    frame itself: the same size either way."""
+    frames: Latest[CapturedFrame] = Latest()
+    encoder = SharedEncoder(VideoKey(Codec.VP8, 120), frames, fps=30)
+    pattern = TestPatternSource(*source, 30)
+    encoder.start()
+    decoder = av.CodecContext.create("libvpx", "r")
+    decoded = []
+    try:
+        for index in range(1, 4):
+            frames.publish(CapturedFrame.from_bgr(pattern.render(index, time.time()), index))
+            decoded += decoder.decode((await encoder.next_frame(index - 1)).packet)
+    finally:
+        await encoder.aclose()
+    assert (decoded[-1].width, decoded[-1].height) == (160, 120)  # 642x482 rounds to 160 too
+    assert float(np.mean(decoded[-1].to_ndarray(format="bgr24"))) > 40

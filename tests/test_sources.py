@@ -170,7 +170,9 @@ def test_timebar_reads_back_the_time_it_stamped(width: int, height: int, millis:
     assert timebar.read(stamped(width, height, millis)) == millis
 
 
-@pytest.mark.parametrize(("width", "height"), [(480, 360), (384, 288), (256, 192), (192, 144)])
+@pytest.mark.parametrize(
+    ("width", "height"), [(480, 360), (384, 288), (256, 192), (192, 144), (240, 180)]
+)
 def test_timebar_reads_from_a_picture_scaled_down_as_a_rung(width: int, height: int) -> None:
     """A lower rung carries the source's bar scaled: blocks of a fraction of a pixel more or
     less than a bar stamped at that size would have (4.8 at 384 wide, 2.4 at 192)."""

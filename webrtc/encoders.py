@@ -33,7 +33,7 @@ from av.codec.context import CodecContext
 from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
-from .frames import CapturedFrame
+from .frames import CapturedFrame, i420_planes
 from .latest import Latest
 from .pool import Pool
 from .worker import FrameWorker
@@ -125,12 +125,7 @@ def i420_picture(
     """
     new_width, new_height = new_width or width, new_height or height
     picture = av.VideoFrame(new_width, new_height, "yuv420p")
-    quarter = height // 4
-    sources = (
-        i420[:height],
-        i420[height : height + quarter].reshape(height // 2, width // 2),
-        i420[height + quarter : height + 2 * quarter].reshape(height // 2, width // 2),
-    )
+    sources = i420_planes(i420, width, height)
     chroma = (new_width // 2, new_height // 2)
     same = (width, height) == (new_width, new_height)
     half = (width, height) == (2 * new_width, 2 * new_height)
@@ -331,8 +326,14 @@ class SharedEncoder(FrameWorker["Packet | None"]):
             context = self._context = self._open(width, height, lean=lean)
             force_keyframe = True
         self._size = (width, height)
-        # A lower rung, or 720p for iOS, is scaled once for all its viewers.
-        picture = i420_picture(frame.i420, frame.width, frame.height, width, height)
+        # A lower rung, or 720p for iOS, is scaled once for all its viewers; a rung of half
+        # the size or less from the frame's half-size picture, which the rungs share.
+        source, source_width, source_height = frame.i420, frame.width, frame.height
+        if 2 * width <= source_width and 2 * height <= source_height:
+            half = frame.half_i420()
+            if half is not None:
+                source, source_width, source_height = half, source_width // 2, source_height // 2
+        picture = i420_picture(source, source_width, source_height, width, height)
         if context.pix_fmt != "yuv420p":  # a hardware encoder that takes NV12
             picture = picture.reformat(format=context.pix_fmt)
         picture.pts = self._frame_count

@@ -6,11 +6,14 @@ viewer on it and running only while it has viewers. A viewer's controller
 at an IDR of the target rung. All rungs stamp presentation times from one capture clock (the
 ladder's epoch), so a viewer that moves between rungs sees no break in its RTP timestamps.
 
-The default ladder follows the source size: full size at the top bitrate, 0.6 of its height at
-40 %, 0.4 at 15 %, and 0.3 at 7 % and half the frame rate for links of ~150 kbit/s. A rung's
-height is about the square root of its share of the bitrate, so every rung spends about the
-top's bits per pixel (~0.1), and all rungs busy at once cost ~1.6x the top alone (a 3/4-size
-rung at 40 %, as before, starved its pixels at 0.07 bit each and cost 1.7-2x).
+The default ladder follows the source size: full size at the top bitrate, half its height
+at 40 %, 3/8 at 15 %, and a quarter at 7 % and half the frame rate for links of ~150 kbit/s.
+Every lower rung spends at least the top's bits per pixel (~0.1; a 3/4-size rung at 40 %, as
+at first, starved its pixels at 0.07 bit each). Half and quarter sizes are what the encoders
+scale cheaply: each frame is halved once by area averaging (OpenCV's fast path) for every
+rung at or under half size, and the quarter is that halved again. Scaling to 0.6 or 0.4 of
+the size, as the ladder did before, cost as much as encoding those rungs: all rungs busy cost
+1.9x the top alone with H.264 (bench/results/ladder-cost-*).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 #: What the default ladder's rungs are, relative to the top: (height factor, bitrate factor,
 #: frame-rate factor).
-DEFAULT_SHAPE = ((1.0, 1.0, 1.0), (0.6, 0.4, 1.0), (0.4, 0.15, 1.0), (0.3, 0.07, 0.5))
+DEFAULT_SHAPE = ((1.0, 1.0, 1.0), (0.5, 0.4, 1.0), (0.375, 0.15, 1.0), (0.25, 0.07, 0.5))
 #: The bottom rung never asks for more than this, whatever the source: it is for slow links.
 BOTTOM_MAX_BITRATE = 90_000
 MIN_BITRATE = 30_000
