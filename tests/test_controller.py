@@ -9,6 +9,7 @@ import pytest
 from webrtc.controller import (
     DOWN_COOLDOWN,
     DRAIN_MAX,
+    HOLD_MAX,
     PAD_HOLD,
     PAD_RAMP,
     PROBE_BASE,
@@ -670,7 +671,8 @@ def _top_rung_sending(c: RungController, until: float, *, bitrate: int = 1_000_0
 def test_the_sonar_steps_down_before_the_estimate_falls_to_the_rung_the_link_carries() -> None:
     """A 2 Mbit/s link falls to 300 kbit/s under the 1 Mbit/s top rung: the queue grows ~2.3 s
     a second, and the numbered packets show it before Chrome's estimate moves. The viewer
-    goes to the rung that 300 kbit/s carries (240p), and one further while the queue drains."""
+    goes to the rung that 300 kbit/s carries (180p), its media paused while the half second
+    of queue projected drains."""
     c = RungController(NEEDS, now=0.0)
     c.can_pad = True
     _top_rung_sending(c, 10.0)
@@ -682,8 +684,10 @@ def test_the_sonar_steps_down_before_the_estimate_falls_to_the_rung_the_link_car
     decision = c.decide(10.25)
     assert decision is not None
     assert "sonar met 135 ms of queue" in decision.reason
-    assert decision.index == 3  # 240p fits ~300 kbit/s; 180p while the queue drains
-    assert "draining" in decision.reason
+    assert decision.index == 2  # 180p fits ~300 kbit/s
+    assert "paused for 480 ms of queue" in decision.reason  # 135 ms growing 2.3 s a second
+    assert "draining" not in decision.reason  # the pause drains it
+    assert c.holding(10.3)
 
 
 def test_a_queue_that_fills_steadily_but_slowly_steps_down_before_it_is_long() -> None:
@@ -819,10 +823,11 @@ def test_no_acknowledgements_while_draining_is_a_full_queue_not_a_drained_one() 
     c.can_pad = True
     _top_rung_sending(c, 10.0)
     c.on_padding_queue(0.02, 10.05, 10.08)
-    c.on_padding_queue(0.135, 10.10, 10.25)
-    decision = c.decide(10.25)
+    c.on_padding_queue(0.1, 10.10, 10.2)  # 0.26 s projected: drained on a lower rung
+    decision = c.decide(10.2)
     assert decision is not None
     assert "draining" in decision.reason
+    assert not c.holding(10.2)  # too short a queue to pause for
     draining = c.index
     assert run(c, 10.5, 10.25 + DRAIN_MAX - 0.1) == []  # no acknowledgement: still draining
     assert c.index == draining
@@ -839,15 +844,15 @@ def test_a_drain_is_not_over_while_the_sonar_still_meets_the_queue() -> None:
         c.on_sent(round(t * 1_000_000 / 8), t)
         c.on_padding_queue(0.0, t, t + 0.01)
     c.on_padding_queue(0.1, 0.45, 0.6)
-    c.on_padding_queue(0.3, 0.5, 0.85)  # steep: 4 s a second
-    decision = c.decide(0.85)
+    c.on_padding_queue(0.16, 0.5, 0.68)  # steep: 1.2 s a second, 0.38 s projected
+    decision = c.decide(0.68)
     assert decision is not None
     assert "draining" in decision.reason
     draining = c.index
     t = 1.0
     while t < 2.0:
         c.on_receiver_report(0.0, 1.2, t)  # the lowest round trip is the full queue's
-        queue = round(0.6 - 0.25 * (t - 1.0), 3)  # draining, a quarter second a second
+        queue = round(0.35 - 0.2 * (t - 1.0), 3)  # draining, a fifth of a second a second
         c.on_padding_queue(queue, t - queue - 0.1, t)
         assert c.decide(t) is None, t
         t = round(t + 0.1, 3)
@@ -858,13 +863,67 @@ def test_a_drain_is_not_over_while_the_sonar_still_meets_the_queue() -> None:
     assert decision.reason == "queue drained"
 
 
+def _starting_over_a_150_kbit_link(c: RungController) -> float:
+    """A viewer's first half second on the top rung over a 150 kbit/s link: sent ~1 Mbit/s
+    (its first IDR and the frames after it), the sonar's packets meet no queue while the
+    shaper's bucket lasts, then one growing ~7 s a second. When the second is acknowledged."""
+    for n in range(8):
+        t = 0.05 * n
+        c.on_sent(round(t * 1_000_000 / 8), t)
+        c.on_padding_queue(0.0, t, t + 0.01)
+    c.on_sent(62_500, 0.5)
+    c.on_padding_queue(0.1, 0.4, 0.55)
+    c.on_padding_queue(0.45, 0.45, 0.95)
+    return 0.95
+
+
+def test_a_long_queue_at_the_start_pauses_the_media_until_the_sonar_meets_it_gone() -> None:
+    """The start's queue is late pictures: the viewer goes straight to the rung the queue's
+    growth says the link carries (the bottom: ~120 kbit/s from the rate sent so far), its
+    media paused until a numbered packet sent during the pause meets the queue gone, not on
+    a drain rung that empties it at a fraction of a second a second."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    now = _starting_over_a_150_kbit_link(c)
+    decision = c.decide(now)
+    assert decision is not None
+    assert decision.index == 3
+    assert "paused" in decision.reason
+    assert "draining" not in decision.reason
+    assert c.holds == 1
+    # During the pause nothing describes the rung: no decision, however bad the reports.
+    for t in (1.2, 1.5, 1.8):
+        c.on_remb(40_000, t)
+        c.on_receiver_report(0.3, 1.6, t)
+        c.on_padding_queue(max(0.0, 1.4 - (t - now)), t - 0.3, t)  # still draining
+        assert c.holding(t)
+        assert c.decide(t) is None
+    c.on_padding_queue(0.05, 1.9, 1.96)  # sent during the pause, met the queue gone
+    assert not c.holding(1.96)
+    assert c.index == 3
+
+
+def test_a_pause_ends_in_time_without_acknowledgements() -> None:
+    """No packet acknowledged during the pause: it ends after as long as the queue was, at
+    most ``HOLD_MAX``, so the page never waits 2 s for a picture."""
+    c = RungController(NEEDS, now=0.0)
+    c.can_pad = True
+    now = _starting_over_a_150_kbit_link(c)
+    assert c.decide(now) is not None
+    assert c.holding(now + HOLD_MAX - 0.05)
+    assert not c.holding(now + HOLD_MAX)
+    assert not c.holding(now + HOLD_MAX + 0.25)  # once over, over
+    assert c.holds == 1
+
+
 # -- retransmissions --------------------------------------------------------------------------
 
 
 async def test_nothing_is_resent_into_a_long_queue() -> None:
     """NACKs are answered within the budget while the path is clear, and not at all while
     the viewer's queue is a quarter second or more: the resend would come too late and only
-    lengthen the queue."""
+    lengthen the queue. Nor while its media are paused for a queue to drain, nor afterwards
+    for what was sent before the pause."""
     from types import SimpleNamespace
     from typing import cast
 
@@ -877,8 +936,9 @@ async def test_nothing_is_resent_into_a_long_queue() -> None:
         resent.append(sequence_number)
 
     queue = [0.0]
-    track = cast(EncodedVideoTrack, SimpleNamespace(encoder=None))
-    budget = RetransmitBudget(retransmit, track, lambda: queue[0])
+    track = cast(EncodedVideoTrack, SimpleNamespace(encoder=None, held=False))
+    sent = [1, 2, 3]
+    budget = RetransmitBudget(retransmit, track, lambda: queue[0], lambda: sent)
     await budget(1)
     assert resent == [1]
     queue[0] = RTX_LATE
@@ -888,3 +948,12 @@ async def test_nothing_is_resent_into_a_long_queue() -> None:
     queue[0] = 0.01
     await budget(3)
     assert resent == [1, 3]
+    track.held = True  # type: ignore[misc]  # the media paused for the queue to drain
+    budget.drop_sent()
+    await budget(4)
+    assert resent == [1, 3]
+    track.held = False  # type: ignore[misc]  # resumed: what was sent before is never resent
+    sent = [5]
+    for number in (1, 2, 3, 5):
+        await budget(number)
+    assert resent == [1, 3, 5]

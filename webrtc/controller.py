@@ -36,6 +36,12 @@ The rules, in order:
 - **A standing queue is drained.** A step down that finds ``DRAIN_QUEUE`` of queue in the
   round trip goes one rung lower than the estimate carries, until the round trip is back near
   its lowest (at most ``DRAIN_MAX``), then to that rung.
+- **A long queue is drained by a pause.** A step down that finds ``HOLD_QUEUE`` or more of
+  queue also pauses the viewer's media (``holding``) until the sonar meets the queue gone, at
+  most for as long as the queue was (``HOLD_MAX``), then resumes on the new rung at an IDR. A
+  queue of the rung before holds nothing but late pictures (a viewer that starts on the top
+  rung over a 150 kbit/s link finds ~1.6 s of them), and the new rung's IDR would wait behind
+  it or be dropped by the full queue; a pause empties it 2-3x faster than the drain rung.
 - **A queue that drains is not new congestion.** After a step down the round-trip time stays
   high until the queue in the path has drained; only a round trip that is not falling is judged.
 """
@@ -90,6 +96,10 @@ PAD_DECREASE = 0.97  # any estimate below this share of the probe's best: the qu
 DRAIN_QUEUE = 0.2  # seconds of queue (round trip above its lowest) worth draining fast
 DRAIN_DONE = 0.03  # a round trip this close to its lowest: drained
 DRAIN_MAX = 2.0  # the longest a viewer stays on the draining rung
+#: Pausing: a step down that finds this much queue also pauses the media until it is gone.
+HOLD_QUEUE = 0.4
+HOLD_MAX = 2.0  # the longest pause (the queue's pictures arrive during it: the page sees them)
+HOLD_DONE = 0.1  # a numbered packet sent during the pause meets this little queue: gone
 PAD_RTT_QUEUE = 0.04  # a round trip this much above the lowest during a padding probe: a queue
 PAD_FEEDBACK_QUEUE = 0.04  # padding acknowledged this much later than the earliest: a queue
 #: The sonar (:data:`webrtc.padding.SONAR_INTERVAL`): numbered packets between probes.
@@ -107,6 +117,7 @@ SONAR_DRAINING = 0.1  # a queue falling this many seconds a second drains (a ste
 SONAR_RISE = 0.25  # numbered packets each meeting a queue this much longer (s/s) than the one
 SONAR_RISE_SAMPLES = 3  # ... before, this many running, the newest SONAR_STEEP_QUEUE or more,
 SONAR_RISE_AFTER = SENT_WINDOW  # ... on a rung held this long (the rate it is sent is known)
+START_SENT_SPAN = 0.25  # before a SENT_WINDOW, the rate sent over at least this long
 
 
 def wire_bitrate(bitrate: int, fps: float) -> int:
@@ -163,6 +174,9 @@ class RungController:
         self._estimate_lags_until = -math.inf  # see ESTIMATE_LAG
         #: While draining: the rung to go back to, and the latest time to.
         self._drain: tuple[int, float] | None = None
+        #: While the media are paused for a queue to drain: since when, and until when at most.
+        self._hold: tuple[float, float] | None = None
+        self.holds = 0
         #: A probe that held, not yet trusted: (the rung it reached, when it held).
         self._trial: tuple[int, float] | None = None
         self._previous_loss = 0.0
@@ -242,10 +256,14 @@ class RungController:
     @property
     def sent_bitrate(self) -> float | None:
         """Bit/s the viewer was sent over the last ``SENT_WINDOW`` (None before a window)."""
+        return self._sent_rate(SENT_WINDOW / 2)
+
+    def _sent_rate(self, span: float) -> float | None:
+        """Bit/s sent over the samples kept, if they span ``span`` seconds or more."""
         if len(self._sent) < 2:
             return None
         (t0, b0), (t1, b1) = self._sent[0], self._sent[-1]
-        return (b1 - b0) * 8 / (t1 - t0) if t1 - t0 >= SENT_WINDOW / 2 else None
+        return (b1 - b0) * 8 / (t1 - t0) if t1 - t0 >= span else None
 
     # -- what the status shows -----------------------------------------------------------------
 
@@ -360,9 +378,16 @@ class RungController:
     ) -> float | None:
         """What the path carries, bit/s, from how fast the queue grew: a link that carries
         ``C`` of the ``S`` it is sent grows its queue by ``S / C - 1`` seconds a second.
-        ``sent``: S (default: what the viewer is sent now); ``before``: only packets sent
-        before this time count."""
-        sent = self.sent_bitrate if sent is None else sent
+        ``sent``: S (default: what the viewer is sent now, or in its first second what it
+        was sent since it started); ``before``: only packets sent before this time count.
+
+        In a viewer's first second S is the first IDR and the frames after it, and the
+        queue's growth is read over packets that met them: a link far below the top rung
+        (150 kbit/s: the queue grows 5-8 s a second) is told from one just below it (600:
+        under 1) within half a second, before the start's queue is a second and a half of
+        late pictures."""
+        if sent is None:
+            sent = self.sent_bitrate or self._sent_rate(START_SENT_SPAN)
         if sent is None:
             return None
         fresh = [(t, q) for t, q, at in self._queues if now - at <= SONAR_FRESH and t < before]
@@ -393,8 +418,37 @@ class RungController:
             return None
         self._down = None  # once
         why = f"the queue grew as on a {capacity // 1000:.0f} kbit/s link"
-        target, why = self._draining(target, why, self._sonar_projected(now), now)
+        target, why = self._relief(target, why, self._sonar_projected(now), now)
         return self._move(target, f"congestion: {why}", now)
+
+    def _relief(self, target: int, why: str, queue: float, now: float) -> tuple[int, str]:
+        """The rung to step down to for ``target`` with ``queue`` seconds standing, and why;
+        a pause of the media first if the sonar meets a long queue (see ``HOLD_QUEUE``: its
+        packets, sent during the pause, say when the queue is gone; a round trip, once a
+        second, would say so a second late)."""
+        held = 0.0
+        if self._sonar_projected(now) >= HOLD_QUEUE:
+            held = min(HOLD_MAX, queue)
+            self._hold = (now, now + held)
+            self.holds += 1
+            why = f"{why}; paused for {queue * 1000:.0f} ms of queue"
+        return self._draining(target, why, queue - held, now + held)
+
+    def holding(self, now: float) -> bool:
+        """Whether the viewer's media stay paused now, for a queue to drain (see
+        ``HOLD_QUEUE``): until a numbered packet sent during the pause meets the queue gone
+        (its acknowledgement comes as the queue empties), or the pause's time is over."""
+        if self._hold is None:
+            return False
+        started, until = self._hold
+        newest = self._sonar_newest(now)
+        gone = newest is not None and newest[0] >= started + SONAR_SETTLE and newest[1] <= HOLD_DONE
+        if now < until and not gone:
+            return True
+        self._hold = None
+        # Reports from now on describe the new rung; those before, the pause.
+        self._changed_at = self._calm_since = now
+        return False
 
     def _draining(self, target: int, why: str, queue: float, now: float) -> tuple[int, str]:
         """The rung to step down to for ``target`` with ``queue`` seconds standing, and why.
@@ -654,6 +708,8 @@ class RungController:
 
     def decide(self, now: float) -> Decision | None:
         """The rung to move to now, or None to stay."""
+        if self.holding(now):
+            return None  # nothing is sent: no report describes the rung
         bottom = len(self._needs) - 1
         if self._pad_started is not None:
             failed = self._pad_probe_trouble(now)
@@ -712,7 +768,7 @@ class RungController:
             # A fresh step down: probing starts again from its base wait.
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
             queue = max(self._queue_seconds(now), self._sonar_projected(now))
-            target, why = self._draining(target, why, queue, now)
+            target, why = self._relief(target, why, queue, now)
             sent = self.sent_bitrate
             decision = self._move(target, f"congestion: {why}", now)
             self._down = None if sent is None else (now, sent)

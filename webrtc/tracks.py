@@ -61,6 +61,9 @@ class EncodedVideoTrack(MediaStreamTrack):
         self.bytes_sent = 0
         self.resyncs = 0
         self.switches = 0
+        #: Set while frames may be sent; cleared by :meth:`hold`.
+        self._sending = asyncio.Event()
+        self._sending.set()
         #: A position to read from next, for this viewer alone (see :meth:`request_keyframe`).
         self._restart: int | None = None
         self._restarted_at = -math.inf
@@ -94,6 +97,31 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._pending = encoder
         self._pending_after = encoder.newest_seq
         encoder.request_keyframe()
+
+    @property
+    def held(self) -> bool:
+        return not self._sending.is_set()
+
+    def hold(self) -> None:
+        """Send nothing from now on, not even the rest of the current frame's rung, until
+        :meth:`resume`: the viewer's path holds a long queue of late pictures, to drain."""
+        self._sending.clear()
+
+    def resume(self) -> None:
+        """Send again after :meth:`hold`, from a new IDR of the rung switched to (or of the
+        current one): what was encoded during the pause is not sent, or it would be the queue
+        again, and nothing more of the rung before either (the switch is made at once: the
+        picture is paused already)."""
+        if self._sending.is_set():
+            return
+        if self._pending is not None:
+            self._encoder, self._pending = self._pending, None
+            self.switches += 1
+        if self._encoder is not None:
+            self._after = self._encoder.newest_seq
+            self._synced = False
+            self._encoder.request_keyframe()
+        self._sending.set()
 
     def request_keyframe(self) -> None:
         """Called for this viewer's PLI/FIR (hooked into its RTCRtpSender): an IDR of the rung
@@ -146,6 +174,9 @@ class EncodedVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         await self._attached.wait()
         while True:
+            if not self._sending.is_set():
+                await self._sending.wait()  # held (see hold)
+                continue
             encoder = self._encoder
             assert encoder is not None
             packet: Packet | None = None
@@ -177,14 +208,18 @@ class EncodedVideoTrack(MediaStreamTrack):
                     # not come out older than what this viewer was already sent.
                     packet = await self._catch_up(self._pending, int(item.packet.pts or 0))
                     if packet is not None:
-                        break
+                        if self._sending.is_set():
+                            break
+                        continue  # held meanwhile: not sent
                 self._after = item.seq
                 if not self._synced:
                     if not item.keyframe:
                         continue
                     self._synced = True
                 packet = item.packet
-            break
+            if self._sending.is_set():
+                break
+            # Held while this frame was awaited: not sent.
         self.frames_sent += 1
         self.bytes_sent += packet.size
         self.keyframes_sent += bool(packet.is_keyframe)
