@@ -55,12 +55,13 @@ async def test_a_held_track_sends_nothing_and_resumes_at_a_fresh_keyframe(switch
         paused_until = int(target.newest_frame.packet.pts or 0)
         track.resume()
         assert not track.held
-        for _ in range(90):  # a fresh IDR, within the encoders' keyframe rate limit
-            if waiting.done():
-                break
-            await frame_through(top)
-            await frame_through(lower)
-        packet = await asyncio.wait_for(waiting, 10)
+        # Pictures until the fresh IDR comes: the encoders force at most one each half second,
+        # and a fast machine encodes many pictures in that time (the bound is generous).
+        async with asyncio.timeout(10):
+            while not waiting.done():
+                await frame_through(top)
+                await frame_through(lower)
+        packet = waiting.result()
         assert packet.is_keyframe
         assert int(packet.pts or 0) > paused_until
         assert track.encoder is target
