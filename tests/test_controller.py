@@ -327,7 +327,7 @@ def test_the_default_ladder_follows_the_source_size() -> None:
     top = ladder.rungs[0].bitrate / (640 * 480 * 30)
     for rung in ladder.rungs[1:]:
         width, fps = rung.height * 4 / 3, rung.fps or 30.0
-        assert 1.0 * top <= rung.bitrate / (width * rung.height * fps) <= 2.5 * top
+        assert top <= rung.bitrate / (width * rung.height * fps) <= 2.5 * top
 
 
 def test_the_bottom_rung_stays_small_for_big_sources() -> None:

@@ -387,7 +387,9 @@ class RungController:
         under 1) within half a second, before the start's queue is a second and a half of
         late pictures."""
         if sent is None:
-            sent = self.sent_bitrate or self._sent_rate(START_SENT_SPAN)
+            sent = self.sent_bitrate
+        if sent is None:
+            sent = self._sent_rate(START_SENT_SPAN)
         if sent is None:
             return None
         fresh = [(t, q) for t, q, at in self._queues if now - at <= SONAR_FRESH and t < before]
@@ -418,16 +420,21 @@ class RungController:
             return None
         self._down = None  # once
         why = f"the queue grew as on a {capacity // 1000:.0f} kbit/s link"
-        target, why = self._relief(target, why, self._sonar_projected(now), now)
+        target, why = self._relief(target, why, now)
         return self._move(target, f"congestion: {why}", now)
 
-    def _relief(self, target: int, why: str, queue: float, now: float) -> tuple[int, str]:
-        """The rung to step down to for ``target`` with ``queue`` seconds standing, and why;
-        a pause of the media first if the sonar meets a long queue (see ``HOLD_QUEUE``: its
-        packets, sent during the pause, say when the queue is gone; a round trip, once a
-        second, would say so a second late)."""
+    def _relief(
+        self, target: int, why: str, now: float, *, rtt_queue: float = 0.0
+    ) -> tuple[int, str]:
+        """The rung to step down to for ``target``, and why, with the queue standing: the
+        sonar's projected to now, or ``rtt_queue`` (by round trip) if longer. A pause of the
+        media first if the sonar meets a long queue (see ``HOLD_QUEUE``: its packets, sent
+        during the pause, say when the queue is gone; a round trip, once a second, would say
+        so a second late)."""
+        sonar = self._sonar_projected(now)
+        queue = max(rtt_queue, sonar)
         held = 0.0
-        if self._sonar_projected(now) >= HOLD_QUEUE:
+        if sonar >= HOLD_QUEUE:
             held = min(HOLD_MAX, queue)
             self._hold = (now, now + held)
             self.holds += 1
@@ -767,8 +774,7 @@ class RungController:
                 target = max(target, self._fits(capacity))
             # A fresh step down: probing starts again from its base wait.
             self._probe_wait = max(self._probe_wait, PROBE_BASE)
-            queue = max(self._queue_seconds(now), self._sonar_projected(now))
-            target, why = self._relief(target, why, queue, now)
+            target, why = self._relief(target, why, now, rtt_queue=self._queue_seconds(now))
             sent = self.sent_bitrate
             decision = self._move(target, f"congestion: {why}", now)
             self._down = None if sent is None else (now, sent)

@@ -743,7 +743,7 @@ class RetransmitBudget:
         retransmit: Callable[[int], Awaitable[None]],
         track: EncodedVideoTrack,
         queue: Callable[[], float],
-        sent: Callable[[], Iterable[int]] = tuple,
+        sent: Callable[[], Iterable[int]],
     ) -> None:
         """``queue``: seconds of queue in the viewer's path now (its controller's view);
         ``sent``: the sequence numbers of the packets the sender could resend now."""
