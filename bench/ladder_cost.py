@@ -1,8 +1,8 @@
 """What the bitrate ladder costs (issue #9: "all rungs busy <= 1.6x one encoder").
 
-One process, the test pattern, no network: the source alone, then the top rung's shared
-encoder alone, then every rung of the default ladder at once, each for a window, CPU time of the
-whole process (all threads) per second of wall time. The encoders' cost is each phase minus the
+One process, the test pattern, no network: the source alone, then, alternating a few times,
+the top rung's shared encoder alone and every rung of the default ladder at once, each for a
+window, CPU time of the whole process (all threads) per second of wall time. The encoders' cost is each phase minus the
 source alone; the figure is all rungs / top rung. Run pinned to one core (``taskset -c 0``) so
 that the encoders' threads compete as they do on a small board.
 
@@ -27,6 +27,9 @@ from webrtc.sources import TestPatternSource
 
 logger = logging.getLogger("bench.ladder_cost")
 
+PAIRS = 4  # top-alone and all-rungs windows per run, alternating
+SETTLE = 0.5  # seconds after the rungs start or stop before a window
+
 
 async def _cpu_per_second(seconds: float) -> float:
     """Process CPU seconds per wall second over the next ``seconds``."""
@@ -36,30 +39,40 @@ async def _cpu_per_second(seconds: float) -> float:
 
 
 async def measure(
-    codec: Codec, width: int, height: int, fps: float, seconds: float, ladder_spec: LadderSpec
-) -> dict[str, Any]:
-    """One run: CPU share of the source alone, with the top rung, with every rung."""
+    codec: Codec, width: int, height: int, fps: float, seconds: float, ladder_spec: LadderSpec,
+    pairs: int = PAIRS,
+) -> dict[str, Any]:  # fmt: skip
+    """One run: CPU share of the source alone, then ``pairs`` times the top rung alone and
+    every rung at once, one after the other (each window ``seconds``; the medians of each).
+
+    Alternating the two phases, rather than one window each, keeps a burst of the machine's
+    other load from landing on one phase only: it moved single-window ratios by +-0.5."""
     source = TestPatternSource(width, height, fps)
     bitrate = default_bitrate(width, height, fps)
     ladder = ladder_spec.resolve(width, height, fps, bitrate)
     keys = [VideoKey(codec, r.height, r.bitrate, r.fps) for r in ladder.rungs]
     pool = make_encoder_pool(source.frames, fps=fps, bitrate=bitrate)
+    tops: list[float] = []
+    everys: list[float] = []
     source.start()
     try:
         await asyncio.sleep(1.0)  # warm-up: the source's first frames
         idle = await _cpu_per_second(seconds)
         async with pool.leases() as leases:
             leases.take(keys[0])
-            await asyncio.sleep(1.0)  # the encoder opens and settles
-            top = await _cpu_per_second(seconds)
-            for key in keys[1:]:
-                leases.take(key)
-            await asyncio.sleep(1.0)
-            every = await _cpu_per_second(seconds)
-            encoded = {str(k): e.stats().get("encoded") for k, e in pool.running().items()}
+            for _ in range(pairs):
+                leases.keep_only([leases.take(keys[0])])
+                await asyncio.sleep(SETTLE)  # the rungs stop; the top goes on
+                tops.append(await _cpu_per_second(seconds))
+                for key in keys[1:]:
+                    leases.take(key)
+                await asyncio.sleep(SETTLE)  # they open and encode their first IDR
+                everys.append(await _cpu_per_second(seconds))
+            encoded = {str(k): e.stats().get("framesEncoded") for k, e in pool.running().items()}
     finally:
         await pool.aclose()
         await asyncio.to_thread(source.stop)
+    top, every = statistics.median(tops), statistics.median(everys)
     return {
         "source_pct": 100 * idle,
         "top_pct": 100 * (top - idle),
@@ -77,7 +90,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         machine_line(m),
         f"- Command: `{report['command']}`",
-        f"- Test pattern {report['size']}; {report['seconds']:g} s per phase; "
+        f"- Test pattern {report['size']}; the source alone, then {PAIRS} times the top rung "
+        f"alone and all rungs, alternating, {report['seconds']:g} s each; "
         f"{report['runs']} run(s), medians; CPU in % of one core",
         "",
         "| codec | rungs | source alone | top rung | all rungs | all / top |",
@@ -98,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--codec", nargs="+", choices=[str(c) for c in Codec], default=["vp8"])
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per window")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ladder", default="auto", help="as the server's --ladder")
     parser.add_argument("--name", default="ladder-cost")

@@ -199,8 +199,11 @@ PROFILES: dict[str, Profile] = {
         Profile(
             "clean-beside-300kbit",
             (Link.fixed(None), Link.fixed(300)),
-            (Check("fps", ">=", 29), Check("width", "==", 640)),
+            (Check("fps", ">=", 29), Check("received_fps", ">=", 29), Check("width", "==", 640)),
         ),
+        # The control for the one above: the same two Chromiums on one core, both clean. What
+        # the first viewer presents here is what its core lets it present beside another.
+        Profile("clean-beside-clean", (Link.fixed(None), Link.fixed(None))),
     )
 }
 
@@ -219,6 +222,34 @@ class Viewer:
     peer_id: str | None = None
     error: str | None = None
     polls: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (time, peer)
+    #: The page's inbound video counters (getStats) at the window's start and end.
+    counters: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+
+#: In a page of peercam: its inbound video counters (frames received, decoded, dropped).
+INBOUND_JS = """
+async () => {
+  const pc = document.querySelector("peercam-view")?.peerConnection;
+  const out = {};
+  if (!pc) return out;
+  (await pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") {
+      out.received = r.framesReceived ?? 0;
+      out.decoded = r.framesDecoded ?? 0;
+      out.dropped = r.framesDropped ?? 0;
+    }
+  });
+  return out;
+}
+"""
+
+
+async def _count(viewer: Viewer) -> None:
+    """Snapshot the page's inbound counters (none for a page that has no peer connection)."""
+    if viewer.page is None:
+        return
+    with contextlib.suppress(Exception):  # Playwright's errors: that viewer has no figure
+        viewer.counters.append((time.time(), await viewer.page.evaluate(INBOUND_JS)))
 
 
 async def _apply(net: ViewerNet, phase: Phase) -> None:
@@ -324,6 +355,7 @@ async def measure(
         poller = asyncio.get_running_loop().create_task(_poll_status(server, viewers, stop))
         await asyncio.sleep(settings.warmup)  # the warm-up is a duration, not a wait for state
         start = time.time()
+        await asyncio.gather(*map(_count, viewers))
         try:
             await _drive_links(viewers, start, window)
             await asyncio.sleep(max(0.0, start + window - time.time()))  # the window
@@ -331,6 +363,7 @@ async def measure(
             stop.set()
             await poller
         end = time.time()
+        await asyncio.gather(*map(_count, viewers))
         figures = [await _figures(v, profile, start, end) for v in viewers]
         if settings.trace is not None:
             await _write_trace(settings.trace, profile, mode, viewers, start, end)
@@ -388,6 +421,7 @@ async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -
         "estimate_kbps": None if last.get("estimateBps") is None else last["estimateBps"] / 1000,
         "fraction_lost": last.get("fractionLost"),
         "rtt_ms": last.get("rttMs"),
+        **counted_rates(viewer.counters),
     }
     phases = viewer.link.phases
     if len(phases) == 3:  # the step: drop at phases[1], recovery at phases[2]
@@ -402,6 +436,22 @@ async def _figures(viewer: Viewer, profile: Profile, start: float, end: float) -
         reported = any("rungIndex" in p for _, p in polls)
         figures["top_rung_after_s_never"] = reported and top is None
     return figures
+
+
+def counted_rates(counters: Sequence[tuple[float, dict[str, float]]]) -> dict[str, Any]:
+    """Frames received, decoded and dropped by the page per second of the window, from its
+    counters at the window's start and end (None each without both).
+
+    Received frames are what the server sent and the link carried; presented ones (``fps``)
+    are what the viewer's machine also found time to decode and show."""
+    rates: dict[str, Any] = {"received_fps": None, "decoded_fps": None, "dropped_fps": None}
+    if len(counters) < 2:
+        return rates
+    (t0, first), (t1, last) = counters[0], counters[-1]
+    for name in ("received", "decoded", "dropped"):
+        if t1 > t0 and name in first and name in last:
+            rates[f"{name}_fps"] = _round((last[name] - first[name]) / (t1 - t0))
+    return rates
 
 
 def _round(value: Any) -> Any:
@@ -528,7 +578,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{mode} unavailable**: {reason}")
     lines += [
         "",
-        "| profile | mode | viewer link | shown as | fps | age p50 / p95 ms | longest freeze s "
+        "| profile | mode | viewer link | shown as | fps shown (received) | age p50 / p95 ms "
+        "| longest freeze s "
         "| rung (switches) | estimate kbit/s | step: age < 300 ms after s / top rung after s "
         "| targets |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -549,7 +600,8 @@ def markdown(report: dict[str, Any]) -> str:
             for t in r["targets"]
         )
         lines.append(
-            f"| {r['profile']} | {r['mode']} | {f['link']} | {shown} | {fmt(f['fps'])} "
+            f"| {r['profile']} | {r['mode']} | {f['link']} | {shown} "
+            f"| {fmt(f['fps'])} ({fmt(f.get('received_fps'))}) "
             f"| {fmt(f['age_p50_ms'], 0)} / {fmt(f['age_p95_ms'], 0)} "
             f"| {fmt(f['longest_freeze_s'], 2)} "
             f"| {fmt(f['rung'])} ({fmt(f['rung_switches'])}) | {fmt(f['estimate_kbps'], 0)} "

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.links import Check, age_back_under, top_rung_after
+from bench.links import Check, age_back_under, counted_rates, top_rung_after
 from tests.netlab import picture_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,7 @@ def test_the_step_profile_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert figures["error"] is None, figures
     assert figures["mode"] == "WebRTC", figures
     assert figures["fps"] > 0, figures
+    assert figures["received_fps"] > 0, figures  # the page's own counters, read in the window
     for key in ("age_p50_ms", "age_p95_ms", "longest_freeze_s", "rung", "rung_switches",
                 "estimate_kbps", "age_back_under_300ms_s", "top_rung_after_s"):  # fmt: skip
         assert key in figures, key
@@ -85,3 +86,17 @@ def test_a_target_that_never_happened_fails_and_an_unreported_one_is_not_measure
     assert check.met({"top_rung_after_s": 4.0}) is True
     assert check.met({"top_rung_after_s": None, "top_rung_after_s_never": True}) is False
     assert check.met({"top_rung_after_s": None, "top_rung_after_s_never": False}) is None
+
+
+def test_counted_rates_are_per_second_of_the_window_and_absent_without_both_ends() -> None:
+    counters: list[tuple[float, dict[str, float]]] = [
+        (10.0, {"received": 100, "decoded": 98, "dropped": 1}),
+        (12.0, {"received": 160, "decoded": 150, "dropped": 5}),
+    ]
+    assert counted_rates(counters) == {
+        "received_fps": 30.0,
+        "decoded_fps": 26.0,
+        "dropped_fps": 2.0,
+    }
+    assert counted_rates(counters[:1])["received_fps"] is None
+    assert counted_rates([(10.0, {}), (12.0, {"received": 1})])["received_fps"] is None

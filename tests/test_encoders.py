@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import av
 import numpy as np
 import pytest
 
-from webrtc.encoders import KEYFRAME_MIN_INTERVAL, Codec, EncodedFrame, SharedEncoder, VideoKey
+from webrtc.encoders import (
+    KEYFRAME_MIN_INTERVAL,
+    Codec,
+    EncodedFrame,
+    EncoderClosed,
+    SharedEncoder,
+    VideoKey,
+    default_bitrate,
+    make_encoder_pool,
+)
 from webrtc.frames import CapturedFrame
+from webrtc.ladder import LadderSpec
 from webrtc.latest import Latest
 from webrtc.sources import TestPatternSource
 
@@ -128,9 +140,30 @@ def test_scaling_the_planes_matches_scaling_the_picture(size: tuple[int, int]) -
     )
     assert ours.shape == reference.shape == (height * 3 // 2, width)
     if size == (frame.width, frame.height):
-        assert np.array_equal(ours, frame.i420)  # the top rung: a plain copy
+        assert np.array_equal(ours, frame.i420)  # the top rung: the picture itself
     difference = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
     assert float(difference.mean()) < 4.0  # edges differ a little (bilinear vs area)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (642, 484), (642, 482), (640, 478)])
+def test_a_picture_at_its_own_size_has_its_planes_whatever_the_height(
+    size: tuple[int, int],
+) -> None:
+    """At its own size the encoder's picture wraps the frame's array where PyAV reads it
+    right (heights that are multiples of 4) and copies the planes elsewhere: the same
+    planes either way, never a picture two lines short."""
+    from webrtc.encoders import i420_picture
+    from webrtc.frames import i420_planes
+
+    width, height = size
+    rows = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    frame = CapturedFrame.from_bgr(rows, 1)
+    picture = i420_picture(frame.i420, width, height)
+    assert (picture.width, picture.height) == size
+    for plane, expected in zip(picture.planes, i420_planes(frame.i420, width, height), strict=True):
+        rows_of = np.frombuffer(memoryview(plane), np.uint8)
+        got = rows_of[: plane.line_size * expected.shape[0]].reshape(-1, plane.line_size)
+        assert np.array_equal(got[:, : expected.shape[1]], expected)
 
 
 def test_a_frame_is_halved_once_for_every_rung_under_half_size() -> None:
@@ -169,3 +202,91 @@ async def test_a_quarter_size_rung_decodes_at_its_size(source: tuple[int, int]) 
         await encoder.aclose()
     assert (decoded[-1].width, decoded[-1].height) == (160, 120)  # 642x482 rounds to 160 too
     assert float(np.mean(decoded[-1].to_ndarray(format="bgr24"))) > 40
+
+
+def _ladder_keys(codec: Codec) -> list[VideoKey]:
+    """The default ladder of a 640x480@30 source, as a viewer's keys."""
+    ladder = LadderSpec.parse("auto").resolve(640, 480, 30, default_bitrate(640, 480, 30))
+    return [VideoKey(codec, r.height, r.bitrate, r.fps) for r in ladder.rungs]
+
+
+def _decoded_size(codec: Codec, frames: list[EncodedFrame]) -> tuple[int, int]:
+    decoder = av.CodecContext.create("libvpx" if codec is Codec.VP8 else "h264", "r")
+    pictures = [p for f in frames for p in decoder.decode(f.packet)]
+    return pictures[-1].width, pictures[-1].height
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+async def test_the_small_rungs_share_one_thread_and_each_keeps_its_size(codec: Codec) -> None:
+    """Every rung under half the source's height is encoded in one job per frame on its
+    codec's group thread; the top rung keeps a thread of its own. Each rung still has its own
+    stream at its own size, and the 15 fps rung its own rate."""
+    pattern = TestPatternSource(640, 480, 30)
+    frames: Latest[CapturedFrame] = Latest()
+    index = 0
+
+    def publish() -> None:
+        nonlocal index
+        index += 1
+        frames.publish(CapturedFrame.from_bgr(pattern.render(index, time.time()), index))
+
+    publish()  # the pool groups rungs by the source's size
+    pool = make_encoder_pool(frames, fps=30, bitrate=None)
+    keys = _ladder_keys(codec)
+    out: dict[VideoKey, list[EncodedFrame]] = {key: [] for key in keys}
+    try:
+        async with pool.leases() as leases:
+            encoders = [leases.take(key) for key in keys]
+            group = pool.groups[codec]
+            assert group.members == tuple(encoders[1:])
+            for _ in range(6):
+                publish()
+                for key, encoder in zip(keys[:3], encoders, strict=False):
+                    out[key].append(await encoder.next_frame(len(out[key])))
+            threads = [t.name for t in threading.enumerate()]
+            assert sum(n.startswith(f"peercam-rungs-{codec}") for n in threads) == 1
+            assert not [n for n in threads if n.startswith(f"peercam-encoder-{codec}/")]
+            bottom = await encoders[3].next_frame(0)  # at 15 fps: not every frame
+            assert encoders[3].frames_encoded < encoders[1].frames_encoded
+            assert all(e.step_seconds.count > 0 for e in encoders)
+        sizes = [_decoded_size(codec, out[key]) for key in keys[:3]]
+        assert sizes == [(640, 480), (320, 240), (240, 180)]
+        assert _decoded_size(codec, [bottom]) == (160, 120)
+    finally:
+        await pool.aclose()
+    assert all(e.closed for e in encoders)
+    assert not group.members  # every lease released: none left
+    assert group.closed  # and the pool stopped its group
+
+
+async def test_a_failing_rung_stops_alone_and_starts_again_for_its_next_user() -> None:
+    """A rung whose encoding raises is stopped (its readers learn it), the other rungs of
+    its group go on, and the pool starts a new encoder of that rung for the next lease."""
+    pattern = TestPatternSource(640, 480, 30)
+    frames: Latest[CapturedFrame] = Latest()
+    frames.publish(CapturedFrame.from_bgr(pattern.render(0, time.time()), 0))
+    pool = make_encoder_pool(frames, fps=30, bitrate=None)
+    keys = _ladder_keys(Codec.VP8)
+    try:
+        async with pool.leases() as leases:
+            half, smaller = leases.take(keys[1]), leases.take(keys[2])
+
+            def broken(frame: CapturedFrame, force_keyframe: bool) -> None:
+                raise RuntimeError("an encoder fault")
+
+            smaller._encode = broken  # type: ignore[method-assign]
+            frames.publish(CapturedFrame.from_bgr(pattern.render(1, time.time()), 1))
+            with pytest.raises(EncoderClosed):
+                await asyncio.wait_for(smaller.next_frame(0), 10)
+            assert smaller.closed
+            assert pool.groups[Codec.VP8].members == (half,)
+            frames.publish(CapturedFrame.from_bgr(pattern.render(2, time.time()), 2))
+            assert (await asyncio.wait_for(half.next_frame(0), 10)).seq == 1
+            again = leases.take(keys[2])
+            assert again is not smaller
+            frames.publish(CapturedFrame.from_bgr(pattern.render(3, time.time()), 3))
+            frame = await asyncio.wait_for(again.next_frame(0), 10)
+            assert frame.keyframe
+            assert (frame.width, frame.height) == (240, 180)
+    finally:
+        await pool.aclose()

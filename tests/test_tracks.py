@@ -24,6 +24,8 @@ async def test_a_held_track_sends_nothing_and_resumes_at_a_fresh_keyframe(switch
     top = SharedEncoder(Codec.VP8, frames, fps=30)
     lower = SharedEncoder(Codec.VP8, frames, fps=30, bitrate=100_000)
     track = EncodedVideoTrack()
+    pauses: list[bool] = []
+    track.on_hold = lambda: pauses.append(track.held)  # the retransmit budget's hook
     index = 0
 
     async def frame_through(encoder: SharedEncoder) -> None:
@@ -42,6 +44,8 @@ async def test_a_held_track_sends_nothing_and_resumes_at_a_fresh_keyframe(switch
         first = await asyncio.wait_for(track.recv(), 10)
         assert first.is_keyframe
         track.hold()
+        track.hold()  # the peer's loop holds every tick of a pause: one pause begins
+        assert pauses == [True]
         if switching:
             track.switch(lower)  # a step down that pauses: as the peer does it
         assert track.held
@@ -66,6 +70,7 @@ async def test_a_held_track_sends_nothing_and_resumes_at_a_fresh_keyframe(switch
         assert int(packet.pts or 0) > paused_until
         assert track.encoder is target
         assert track.frames_sent == 2
+        assert pauses == [True]
     finally:
         track.stop()
         await top.aclose()

@@ -114,20 +114,25 @@ def i420_picture(
     i420: Any, width: int, height: int, new_width: int = 0, new_height: int = 0
 ) -> av.VideoFrame:
     """An ``av.VideoFrame`` of a planar I420 picture (``(h*3/2, w)``, as cv2 makes it),
-    scaled to ``new_width`` x ``new_height`` plane by plane (0: copied at its own size).
+    scaled to ``new_width`` x ``new_height`` plane by plane (0: at its own size).
 
-    Each plane is scaled (or copied) straight into the frame's own buffer: one pass over the
-    pixels. ``from_ndarray`` copies row by row (~0.2 ms for 640x480 here, a copy 20 µs), and
-    scaling into an array first costs another copy. Scaling the planes is ~6x cheaper than
-    scaling BGR and converting again. Area averaging at exactly half size (OpenCV's fast path
+    At its own size the picture wraps the array (``from_numpy_buffer``, ~5 µs against a
+    copy's 50 for 640x480 here; the array is read-only and outlives the frame). Scaled, each
+    plane goes straight into the frame's own buffer: one pass over the pixels
+    (``from_ndarray`` copies row by row, and scaling into an array first costs another
+    copy). Scaling the planes is ~6x cheaper than scaling BGR and converting again. Area averaging at exactly half size (OpenCV's fast path
     there: 18 µs for 320x240 here), bilinear elsewhere (area averaging costs 0.2-1.2 ms a
     plane at any other ratio, whole ones included).
     """
     new_width, new_height = new_width or width, new_height or height
+    same = (width, height) == (new_width, new_height)
+    if same and height % 4 == 0 and i420.flags.c_contiguous:  # (PyAV takes whole rows)
+        # At its own size, the frame is the array itself: no copy (the encoders only read
+        # it, and copy it into their own buffers as they take it).
+        return av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
     picture = av.VideoFrame(new_width, new_height, "yuv420p")
     sources = i420_planes(i420, width, height)
     chroma = (new_width // 2, new_height // 2)
-    same = (width, height) == (new_width, new_height)
     half = (width, height) == (2 * new_width, 2 * new_height)
     interpolation = cv2.INTER_AREA if half else cv2.INTER_LINEAR
     for plane, source, (w, h) in zip(
@@ -168,13 +173,15 @@ class SharedEncoder(FrameWorker["Packet | None"]):
     def __init__(
         self, key: VideoKey | Codec, frames: Latest[CapturedFrame], *, fps: float,
         bitrate: int | None = None, epoch: float | None = None,
-        h264_encoder: str = SOFTWARE_H264,
+        h264_encoder: str = SOFTWARE_H264, group: RungGroup | None = None,
     ) -> None:  # fmt: skip
         """``fps`` is the source's rate; ``epoch`` (``time.monotonic()``) the capture-clock
         origin of presentation times, shared by every rung of a ladder so that a viewer moving
         between them sees continuous timestamps; ``h264_encoder`` the FFmpeg encoder H.264
-        keys use (:func:`select_h264_encoder`)."""
+        keys use (:func:`select_h264_encoder`); ``group``: encode in that group's job on its
+        thread (:class:`RungGroup`) instead of on a thread of its own."""
         self.key = key if isinstance(key, VideoKey) else VideoKey(key)
+        self._group = group
         self.codec = self.key.codec
         self.encoder_name = "libvpx" if self.codec is Codec.VP8 else h264_encoder
         super().__init__(frames, f"encoder-{self.key}")
@@ -198,6 +205,20 @@ class SharedEncoder(FrameWorker["Packet | None"]):
 
     #: False for a pass-through stream, which stands in for an encoder but encodes nothing.
     encodes = True
+
+    def start(self) -> None:
+        if self._group is not None:
+            self._group.join(self)
+        else:
+            super().start()
+
+    async def aclose(self) -> None:
+        if self._group is not None:
+            self._closed = True
+            self._group.leave(self)
+            self._ended()
+        else:
+            await super().aclose()
 
     # -- the worker's steps ----------------------------------------------------------------
 
@@ -446,6 +467,99 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         }
 
 
+class RungGroup(FrameWorker["list[tuple[SharedEncoder, Packet | None, float]]"]):
+    """The lower rungs of one codec, encoded one after another in one job per frame, on one
+    thread.
+
+    Each rung on a thread of its own costs a thread hand-off and a turn of the event loop per
+    frame, and four encoders taking turns on a core evict each other's caches: with H.264 that
+    overhead was as large as the small rungs' encoding itself. In one job, the half-size
+    picture they all scale from is made and used while it is in the cache. Only small rungs
+    of software encoders are grouped (see :func:`make_encoder_pool`): they take a millisecond
+    or two each, so none waits long for the others, and a hardware encoder's wait on its
+    device would hold the others up instead of costing CPU.
+
+    Members join when they start and leave when they stop; the group's task waits, costing
+    nothing, while it has none. A member whose encoding raises is stopped alone (its readers
+    learn it, the pool starts it again for its next user); the others go on.
+    """
+
+    def __init__(self, frames: Latest[CapturedFrame], name: str) -> None:
+        super().__init__(frames, name)
+        self._members: list[SharedEncoder] = []
+        self._present = asyncio.Event()
+        self._due: list[SharedEncoder] = []
+
+    def join(self, member: SharedEncoder) -> None:
+        """On the loop: encode ``member`` from the next frame on."""
+        self._members.append(member)
+        self._present.set()
+        if self._task is None:
+            self.start()
+
+    def leave(self, member: SharedEncoder) -> None:
+        """On the loop: no more frames for ``member`` (a job under way finishes, unused)."""
+        if member in self._members:
+            self._members.remove(member)
+        if not self._members:
+            self._present.clear()
+
+    @property
+    def members(self) -> tuple[SharedEncoder, ...]:
+        return tuple(self._members)
+
+    async def _ready(self) -> None:
+        await self._present.wait()
+
+    def _wants(self, frame: CapturedFrame) -> bool:
+        self._due = [m for m in self._members if m._wants(frame)]
+        return bool(self._due)
+
+    def _prepare(
+        self, frame: CapturedFrame, seq: int
+    ) -> Callable[[], list[tuple[SharedEncoder, Packet | None, float]]]:
+        jobs = [(m, m._take_keyframe_request()) for m in self._due]
+        return functools.partial(self._encode_all, frame, jobs)
+
+    def _encode_all(
+        self, frame: CapturedFrame, jobs: list[tuple[SharedEncoder, bool]]
+    ) -> list[tuple[SharedEncoder, Packet | None, float]]:
+        """On the group's thread: each member's frame, and how long it took."""
+        done: list[tuple[SharedEncoder, Packet | None, float]] = []
+        for member, keyframe in jobs:
+            started = time.perf_counter()
+            try:
+                packet = member._encode(frame, keyframe)
+            except Exception:
+                logger.exception("encoder %s failed", member.key)
+                done.append((member, None, -1.0))
+                continue
+            done.append((member, packet, time.perf_counter() - started))
+        return done
+
+    def _deliver(
+        self, result: list[tuple[SharedEncoder, Packet | None, float]], frame: CapturedFrame
+    ) -> None:
+        for member, packet, took in result:
+            if member.closed:
+                continue  # it left while the job ran
+            if took < 0:  # its encoding raised: it stops, the others go on
+                member._closed = True
+                self.leave(member)
+                member._ended()
+                continue
+            member.step_seconds.observe(took)
+            if packet is not None:
+                member._publish(packet, frame)
+
+    def _ended(self) -> None:
+        # The group stopped (the pool closed, or a failure of its own): so do its members.
+        for member in self._members:
+            member._closed = True
+            member._ended()
+        self._members.clear()
+
+
 class EncodedFeed(Protocol):
     """Already-encoded H.264 of a source (a camera passed through, :mod:`webrtc.passthrough`)
     that can stand in for a shared encoder."""
@@ -469,11 +583,20 @@ class EncoderPool(Pool[VideoKey, SharedEncoder]):
     """
 
     def __init__(
-        self, factory: Callable[[VideoKey], SharedEncoder], feed: EncodedFeed | None = None
-    ) -> None:
+        self, factory: Callable[[VideoKey], SharedEncoder], feed: EncodedFeed | None = None,
+        groups: dict[Codec, RungGroup] | None = None,
+    ) -> None:  # fmt: skip
+        """``groups``: the rung groups the factory's encoders join; the pool stops them."""
         super().__init__(factory, "shared video encoder")
         self.feed = feed
+        self.groups = groups if groups is not None else {}
         self.passthrough_started = 0
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        groups = list(self.groups.values())
+        self.groups.clear()
+        await asyncio.gather(*(g.aclose() for g in groups))
 
     @property
     def preferred_codec(self) -> Codec | None:
@@ -499,18 +622,34 @@ def make_encoder_pool(
 
     Every encoder of the pool stamps times from one epoch (the pool's creation, or the feed's),
     so a viewer can move between rungs without a break in its timestamps. With a ``feed``, the
-    keys it serves get its stream instead of an encoder.
+    keys it serves get its stream instead of an encoder. A software encoder of at most half
+    the source's height joins its codec's :class:`RungGroup`; the top rung, a device's 720p
+    cap on a larger source and hardware encoders run on threads of their own.
     """
     epoch = feed.epoch if feed is not None else time.monotonic()
+    groups: dict[Codec, RungGroup] = {}
+
+    def group_for(key: VideoKey) -> RungGroup | None:
+        software = key.codec is Codec.VP8 or h264_encoder == SOFTWARE_H264
+        newest = frames.get()
+        if not software or not key.max_height or newest is None:
+            return None
+        if 2 * key.max_height > newest[1].height:
+            return None
+        group = groups.get(key.codec)
+        if group is None or group.closed:
+            group = groups[key.codec] = RungGroup(frames, f"rungs-{key.codec}")
+        return group
 
     def factory(key: VideoKey) -> SharedEncoder:
         if feed is not None and feed.serves(key):
             return feed.open_stream(key)
         return SharedEncoder(
-            key, frames, fps=fps, bitrate=bitrate, epoch=epoch, h264_encoder=h264_encoder
-        )
+            key, frames, fps=fps, bitrate=bitrate, epoch=epoch, h264_encoder=h264_encoder,
+            group=group_for(key),
+        )  # fmt: skip
 
-    return EncoderPool(factory, feed)
+    return EncoderPool(factory, feed, groups)
 
 
 # -- choosing the H.264 encoder (--video-encoder) ------------------------------------------------

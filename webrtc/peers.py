@@ -418,7 +418,7 @@ class Peer:
         )
         track.attach(leases.take(self._keys[start]))
         reports = self._reports = SenderReports(self._transceiver.sender)
-        budget = _hook_sender(self._transceiver.sender, track, controller, reports)
+        _hook_sender(self._transceiver.sender, track, controller, reports)
         if not await self._wait_connected():
             return
         sender = self._transceiver.sender
@@ -433,7 +433,7 @@ class Peer:
                 name=f"padding {self.viewer_id}",
             )
         try:
-            await self._control(track, leases, controller, reports, padding, budget, on_rung)
+            await self._control(track, leases, controller, reports, padding, on_rung)
         finally:
             if padder is not None:
                 padder.cancel()
@@ -443,7 +443,7 @@ class Peer:
     async def _control(
         self, track: EncodedVideoTrack, leases: Leases[VideoKey, SharedEncoder],
         controller: RungController, reports: SenderReports, padding: RtxPadding,
-        budget: RetransmitBudget, on_rung: Callable[[RungInfo], Awaitable[None]] | None,
+        on_rung: Callable[[RungInfo], Awaitable[None]] | None,
     ) -> None:  # fmt: skip
         """The controller's loop: its decisions applied every ``CONTROL_INTERVAL``."""
         shown: SharedEncoder | None = None
@@ -476,9 +476,7 @@ class Peer:
                 )
                 track.switch(leases.take(self._keys[decision.index]))
             if controller.holding(now):
-                if not track.held:
-                    budget.drop_sent()  # what is in the queue now is late: never again
-                track.hold()
+                track.hold()  # and the budget forgets what is in the queue (on_hold)
             else:
                 track.resume()
             # Held: the rung sent now, the one being switched to, and during a probe the one
@@ -634,7 +632,7 @@ def _hook_sender(
     track: EncodedVideoTrack,
     controller: RungController,
     reports: SenderReports,
-) -> RetransmitBudget:
+) -> None:
     """Route the viewer's RTCP to the shared encoders and its controller.
 
     aiortc answers a PLI/FIR by flagging its own (unused) encoder and applies REMB only to it:
@@ -676,7 +674,7 @@ def _hook_sender(
         lambda: [p.sequence_number for p in getattr(sender, _RTP_HISTORY, {}).values()],
     )
     sender._retransmit = budget  # type: ignore[method-assign]
-    return budget
+    track.on_hold = budget.drop_sent  # what is in the queue as a pause begins is late: never again
 
 
 _RTP_HISTORY = "_RTCRtpSender__rtp_history"

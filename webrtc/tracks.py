@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -64,6 +65,9 @@ class EncodedVideoTrack(MediaStreamTrack):
         #: Set while frames may be sent; cleared by :meth:`hold`.
         self._sending = asyncio.Event()
         self._sending.set()
+        #: Called as a pause begins (:meth:`hold`): the viewer's retransmit budget forgets
+        #: what was sent before it (webrtc/peers.py).
+        self.on_hold: Callable[[], None] | None = None
         #: A position to read from next, for this viewer alone (see :meth:`request_keyframe`).
         self._restart: int | None = None
         self._restarted_at = -math.inf
@@ -105,7 +109,11 @@ class EncodedVideoTrack(MediaStreamTrack):
     def hold(self) -> None:
         """Send nothing from now on, not even the rest of the current frame's rung, until
         :meth:`resume`: the viewer's path holds a long queue of late pictures, to drain."""
+        if not self._sending.is_set():
+            return
         self._sending.clear()
+        if self.on_hold is not None:
+            self.on_hold()
 
     def resume(self) -> None:
         """Send again after :meth:`hold`, from a new IDR of the rung switched to (or of the

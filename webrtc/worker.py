@@ -55,6 +55,10 @@ class FrameWorker(abc.ABC, Generic[R]):
         await cancel_and_wait(self._task)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def _ready(self) -> None:
+        """On the loop, before each wait for a frame: until there is work to do at all (a
+        group of encoders without members waits here, not on every frame)."""
+
     def _wants(self, frame: CapturedFrame) -> bool:
         """On the loop: whether to work on ``frame`` at all (a lower frame rate skips some)."""
         return True
@@ -76,6 +80,7 @@ class FrameWorker(abc.ABC, Generic[R]):
         after = 0
         try:
             while True:
+                await self._ready()
                 after, frame = await self._frames.next(after)
                 if not self._wants(frame):
                     continue
