@@ -2,9 +2,9 @@
 
 One process, the test pattern, no network: the source alone, then, alternating a few times,
 the top rung's shared encoder alone and every rung of the default ladder at once, each for a
-window, CPU time of the whole process (all threads) per second of wall time. The encoders' cost is each phase minus the
-source alone; the figure is all rungs / top rung. Run pinned to one core (``taskset -c 0``) so
-that the encoders' threads compete as they do on a small board.
+window, CPU time of the whole process (all threads) per second of wall time. The encoders'
+cost is each phase minus the source alone; the figure is all rungs / top rung. Run pinned to
+one core (``taskset -c 0``) so that the encoders' threads compete as they do on a small board.
 
     taskset -c 0 python -m bench.ladder_cost --codec vp8 h264 --runs 3
 """
@@ -59,7 +59,6 @@ async def measure(
         await asyncio.sleep(1.0)  # warm-up: the source's first frames
         idle = await _cpu_per_second(seconds)
         async with pool.leases() as leases:
-            leases.take(keys[0])
             for _ in range(pairs):
                 leases.keep_only([leases.take(keys[0])])
                 await asyncio.sleep(SETTLE)  # the rungs stop; the top goes on

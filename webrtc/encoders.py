@@ -36,7 +36,7 @@ from av.video.codeccontext import VideoCodecContext
 from .frames import CapturedFrame, i420_planes
 from .latest import Latest
 from .pool import Pool
-from .worker import FrameWorker
+from .worker import FrameWorker, timed
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,10 @@ def i420_picture(
     copy's 50 for 640x480 here; the array is read-only and outlives the frame). Scaled, each
     plane goes straight into the frame's own buffer: one pass over the pixels
     (``from_ndarray`` copies row by row, and scaling into an array first costs another
-    copy). Scaling the planes is ~6x cheaper than scaling BGR and converting again. Area averaging at exactly half size (OpenCV's fast path
-    there: 18 µs for 320x240 here), bilinear elsewhere (area averaging costs 0.2-1.2 ms a
-    plane at any other ratio, whole ones included).
+    copy). Scaling the planes is ~6x cheaper than scaling BGR and converting again. Area
+    averaging at exactly half size (OpenCV's fast path there: 18 µs for 320x240 here),
+    bilinear elsewhere (area averaging costs 0.2-1.2 ms a plane at any other ratio, whole
+    ones included).
     """
     new_width, new_height = new_width or width, new_height or height
     same = (width, height) == (new_width, new_height)
@@ -214,11 +215,16 @@ class SharedEncoder(FrameWorker["Packet | None"]):
 
     async def aclose(self) -> None:
         if self._group is not None:
-            self._closed = True
-            self._group.leave(self)
-            self._ended()
+            self._stop_in_group()
         else:
             await super().aclose()
+
+    def _stop_in_group(self) -> None:
+        """As a member of a group: no more frames, and the readers learn it."""
+        self._closed = True
+        if self._group is not None:
+            self._group.leave(self)
+        self._ended()
 
     # -- the worker's steps ----------------------------------------------------------------
 
@@ -467,7 +473,11 @@ class SharedEncoder(FrameWorker["Packet | None"]):
         }
 
 
-class RungGroup(FrameWorker["list[tuple[SharedEncoder, Packet | None, float]]"]):
+#: A group's job for one frame: each member, its packet and how long it took (None: it raised).
+GroupResult: TypeAlias = "list[tuple[SharedEncoder, Packet | None, float | None]]"
+
+
+class RungGroup(FrameWorker[GroupResult]):
     """The lower rungs of one codec, encoded one after another in one job per frame, on one
     thread.
 
@@ -515,38 +525,31 @@ class RungGroup(FrameWorker["list[tuple[SharedEncoder, Packet | None, float]]"])
         self._due = [m for m in self._members if m._wants(frame)]
         return bool(self._due)
 
-    def _prepare(
-        self, frame: CapturedFrame, seq: int
-    ) -> Callable[[], list[tuple[SharedEncoder, Packet | None, float]]]:
+    def _prepare(self, frame: CapturedFrame, seq: int) -> Callable[[], GroupResult]:
         jobs = [(m, m._take_keyframe_request()) for m in self._due]
         return functools.partial(self._encode_all, frame, jobs)
 
     def _encode_all(
         self, frame: CapturedFrame, jobs: list[tuple[SharedEncoder, bool]]
-    ) -> list[tuple[SharedEncoder, Packet | None, float]]:
+    ) -> GroupResult:
         """On the group's thread: each member's frame, and how long it took."""
-        done: list[tuple[SharedEncoder, Packet | None, float]] = []
+        done: GroupResult = []
         for member, keyframe in jobs:
-            started = time.perf_counter()
             try:
-                packet = member._encode(frame, keyframe)
+                packet, took = timed(functools.partial(member._encode, frame, keyframe))
             except Exception:
                 logger.exception("encoder %s failed", member.key)
-                done.append((member, None, -1.0))
-                continue
-            done.append((member, packet, time.perf_counter() - started))
+                done.append((member, None, None))
+            else:
+                done.append((member, packet, took))
         return done
 
-    def _deliver(
-        self, result: list[tuple[SharedEncoder, Packet | None, float]], frame: CapturedFrame
-    ) -> None:
+    def _deliver(self, result: GroupResult, frame: CapturedFrame) -> None:
         for member, packet, took in result:
             if member.closed:
                 continue  # it left while the job ran
-            if took < 0:  # its encoding raised: it stops, the others go on
-                member._closed = True
-                self.leave(member)
-                member._ended()
+            if took is None:  # its encoding raised: it stops, the others go on
+                member._stop_in_group()
                 continue
             member.step_seconds.observe(took)
             if packet is not None:
@@ -554,10 +557,8 @@ class RungGroup(FrameWorker["list[tuple[SharedEncoder, Packet | None, float]]"])
 
     def _ended(self) -> None:
         # The group stopped (the pool closed, or a failure of its own): so do its members.
-        for member in self._members:
-            member._closed = True
-            member._ended()
-        self._members.clear()
+        for member in self.members:
+            member._stop_in_group()
 
 
 class EncodedFeed(Protocol):
