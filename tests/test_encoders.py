@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -224,11 +225,15 @@ async def test_the_small_rungs_share_one_thread_and_each_keeps_its_size(codec: C
     pattern = TestPatternSource(640, 480, 30)
     frames: Latest[CapturedFrame] = Latest()
     index = 0
+    start = time.monotonic()
 
     def publish() -> None:
+        """The next picture, stamped on a 30 fps capture clock (whatever the machine's pace:
+        the 15 fps rung takes frames by their stamps)."""
         nonlocal index
         index += 1
-        frames.publish(CapturedFrame.from_bgr(pattern.render(index, time.time()), index))
+        frame = CapturedFrame.from_bgr(pattern.render(index, time.time()), index)
+        frames.publish(dataclasses.replace(frame, monotonic=start + index / 30))
 
     publish()  # the pool groups rungs by the source's size
     pool = make_encoder_pool(frames, fps=30, bitrate=None)
