@@ -85,7 +85,7 @@ class FrameWorker(abc.ABC, Generic[R]):
                 if not self._wants(frame):
                     continue
                 result, took = await loop.run_in_executor(
-                    self._executor, _timed, self._prepare(frame, after)
+                    self._executor, timed, self._prepare(frame, after)
                 )
                 self.step_seconds.observe(took)
                 self._deliver(result, frame)
@@ -99,7 +99,7 @@ class FrameWorker(abc.ABC, Generic[R]):
             self._ended()
 
 
-def _timed(step: Callable[[], R]) -> tuple[R, float]:
+def timed(step: Callable[[], R]) -> tuple[R, float]:
     """Runs ``step`` on the worker's thread: its result and how long it took there."""
     started = time.perf_counter()
     result = step()
